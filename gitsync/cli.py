@@ -1,0 +1,145 @@
+"""`gitsync`: build the Config, wire the parts, turn signals into events, run."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from typing import Sequence
+
+from . import config as config_module
+from .auth import Credentials
+from .config import Config
+from .engine import Engine
+from .git import GitRunner, Repository, git_environment
+from .hooks import ErrorFile, TouchFile
+from .publish import Layout, Publisher
+
+log = logging.getLogger("gitsync")
+SHUTDOWN_GRACE = 1.5
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    config = config_module.load(sys.argv[1:] if argv is None else argv, os.environ)
+    setup_logging(config.log_format, config.verbose)
+    engine = build_engine(config)
+    hooks = attach_hooks(config, engine)
+    wake = threading.Event()
+    install_signal_handlers(config, engine, wake)
+    api = start_api(config, engine)
+    exit_code = run_until_stopped(engine, wake)
+    for hook in hooks:
+        getattr(hook, "close", lambda: None)()
+    if api is not None:
+        api.stop()
+    log.info("stopped (exit status %d)", exit_code)
+    return exit_code
+
+
+def build_engine(config: Config) -> Engine:
+    runner = GitRunner(env=git_environment(config.root), config=config.git_config)
+    repo = Repository(config.root, runner)
+    sparse = config.sparse_checkout_file.read_text() if config.sparse_checkout_file else None
+    publisher = Publisher(repo, Layout(config.root, config.link),
+                          stale_timeout=config.stale_worktree_timeout, sparse_patterns=sparse,
+                          submodules=config.submodules, depth=config.depth)
+    return Engine(config, repo, publisher, credentials=Credentials(config))
+
+
+def attach_hooks(config: Config, engine: Engine) -> list:
+    hooks: list = []
+    if config.touch_file:
+        hooks.append(TouchFile(config.touch_file))
+    if config.error_file:
+        hooks.append(ErrorFile(config.error_file))
+    for hook in hooks:
+        engine.add_listener(hook)
+    return hooks
+
+
+def install_signal_handlers(config: Config, engine: Engine, wake: threading.Event) -> None:
+    """Handlers only set an event (or enqueue a trigger, which is signal-safe)."""
+    def request_stop(signum, _frame):
+        wake.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    if config.sync_on_signal:
+        signal.signal(config.sync_on_signal, lambda _s, _f: engine.trigger("signal"))
+
+
+def start_api(config: Config, engine: Engine):
+    if config.http_bind is None or config.one_time:
+        return None
+    from webhook import create_app
+    from webhook.server import ApiServer
+
+    server = ApiServer(create_app(engine, config), *config.http_bind)
+    server.start()
+    log.info("serving the HTTP API on http://%s:%d", server.host, server.port)
+    return server
+
+
+def run_until_stopped(engine: Engine, wake: threading.Event) -> int:
+    """The loop runs in a thread; this thread waits for a signal or for the loop to end."""
+    result: dict[str, int] = {}
+
+    def loop():
+        try:
+            result["code"] = engine.run()
+        except Exception:
+            log.exception("the sync loop crashed")
+            result["code"] = 1
+        finally:
+            wake.set()
+
+    worker = threading.Thread(target=loop, name="sync-loop", daemon=True)
+    worker.start()
+    wake.wait()
+    if "code" in result:
+        return result["code"]
+    log.info("stopping: signal received")
+    engine.stop()
+    worker.join(SHUTDOWN_GRACE)
+    return 0
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, for log pipelines (--log-format json)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {"time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
+                 "level": record.levelname.lower(), "logger": record.name,
+                 "msg": record.getMessage()}
+        if record.exc_info:
+            entry["error"] = self.formatException(record.exc_info)
+        for key, value in getattr(record, "fields", {}).items():
+            entry[key] = value
+        return json.dumps(entry, default=str)
+
+
+def setup_logging(log_format: str, verbose: int) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if log_format == "json":
+        formatter: logging.Formatter = JsonFormatter()
+        formatter.converter = _utc
+    else:
+        formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if verbose > 0 else logging.INFO)
+    if verbose < 2:
+        logging.getLogger("git").setLevel(logging.WARNING)   # GitPython's own chatter
+
+
+def _utc(seconds):
+    import time
+    return time.gmtime(seconds)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,407 @@
+"""One sync cycle, the loop that runs it, and the status others read.
+
+The engine knows git and the layout; it knows nothing of HTTP. The API, the
+CLI and the hooks drive it through four calls: trigger(), status(), stop() and
+add_listener(). Triggers go through a SimpleQueue, whose put() is safe even
+from a signal handler, and a burst of them is folded into one cycle.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import shutil
+import threading
+import time
+from collections import deque
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from typing import Callable, Protocol
+
+from .config import Config
+from .git import CommitInfo, Deadline, GitError, GitRunner, RemoteHead, Repository, is_full_sha, redact_url
+from .publish import Publisher
+
+log = logging.getLogger(__name__)
+
+HISTORY_SIZE = 50
+_STOP = object()
+# When several triggers arrive together, the cycle is credited to the most deliberate one.
+_TRIGGER_RANK = {"webhook": 0, "manual": 1, "signal": 2, "start": 3, "poll": 4}
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def rfc3339(when: datetime | None) -> str | None:
+    return when.isoformat(timespec="milliseconds").replace("+00:00", "Z") if when else None
+
+
+@dataclass(frozen=True)
+class SyncResult:
+    """What one cycle did; listeners (hooks, metrics) get one per attempt."""
+
+    trigger: str
+    at: datetime
+    duration_ms: int
+    result: str               # "published", "unchanged" or "error"
+    commit: str | None        # the published commit after the cycle
+    error: str | None = None
+    tree: str | None = None   # the published tree's path, for hooks
+
+    @property
+    def published(self) -> bool:
+        return self.result == "published"
+
+    def to_dict(self) -> dict:
+        data = {"commit": self.commit, "at": rfc3339(self.at), "trigger": self.trigger,
+                "duration_ms": self.duration_ms, "result": self.result}
+        if self.error:
+            data["error"] = self.error
+        return data
+
+
+@dataclass(frozen=True)
+class Status:
+    """A snapshot of the engine, safe to hand to another thread."""
+
+    repo: str
+    ref: str
+    tracked_ref: str | None
+    commit: str | None
+    commit_info: CommitInfo | None
+    link: str
+    state: str
+    started_at: datetime
+    last_sync_at: datetime | None
+    last_success_at: datetime | None
+    last_error: str | None
+    consecutive_failures: int
+    sync_count: int
+    history: tuple[SyncResult, ...]
+    version: str
+
+    def to_dict(self) -> dict:
+        return {
+            "repo": self.repo, "ref": self.ref, "tracked_ref": self.tracked_ref,
+            "commit": self.commit,
+            "commit_info": asdict(self.commit_info) if self.commit_info else None,
+            "link": self.link, "state": self.state, "started_at": rfc3339(self.started_at),
+            "last_sync_at": rfc3339(self.last_sync_at),
+            "last_success_at": rfc3339(self.last_success_at),
+            "last_error": self.last_error, "consecutive_failures": self.consecutive_failures,
+            "sync_count": self.sync_count,
+            "history": [entry.to_dict() for entry in self.history], "version": self.version,
+        }
+
+
+class CredentialSource(Protocol):
+    """Gives git its credentials afresh before each sync (a rotated token just works)."""
+
+    def git_environment(self) -> tuple[dict[str, str], list[str]]:
+        """(extra environment for git, secret strings to scrub from messages)."""
+
+
+class Engine:
+    def __init__(self, config: Config, repo: Repository, publisher: Publisher,
+                 credentials: CredentialSource | None = None):
+        self.config = config
+        self.repo = repo
+        self.publisher = publisher
+        self._base_runner: GitRunner = repo.runner
+        self._credentials = credentials
+        self._triggers: queue.SimpleQueue = queue.SimpleQueue()
+        self._stopping = threading.Event()
+        self._listeners: list[Callable[[SyncResult], None]] = []
+        self._lock = threading.Lock()
+        self._state = "starting"
+        self._started_at = utc_now()
+        self._last_attempt_end = time.monotonic()
+        self._last_sync_at: datetime | None = None
+        self._last_success_at: datetime | None = None
+        self._last_error: str | None = None
+        self._failures = 0
+        self._sync_count = 0
+        self._commit: str | None = None
+        self._commit_info: CommitInfo | None = None
+        self._tracked_ref: str | None = None if config.ref == "HEAD" else _full_ref_guess(config.ref)
+        self._history: deque[SyncResult] = deque(maxlen=HISTORY_SIZE)
+        self._published_tree_damaged = False
+
+    # -- the interface the API, CLI and hooks use ----------------------------------
+
+    def trigger(self, reason: str) -> None:
+        """Ask for a sync now; safe from any thread and from a signal handler."""
+        self._triggers.put(reason)
+
+    def stop(self) -> None:
+        """End the loop soon: a running git is killed, the published tree stays as it is."""
+        self._stopping.set()
+        self._triggers.put(_STOP)
+        self._base_runner.cancel()
+
+    def add_listener(self, listener: Callable[[SyncResult], None]) -> None:
+        self._listeners.append(listener)
+
+    def status(self) -> Status:
+        with self._lock:
+            return Status(
+                repo=redact_url(self.config.repo), ref=self.config.ref,
+                tracked_ref=self._tracked_ref, commit=self._commit, commit_info=self._commit_info,
+                link=str(self.config.link), state=self._state, started_at=self._started_at,
+                last_sync_at=self._last_sync_at, last_success_at=self._last_success_at,
+                last_error=self._last_error, consecutive_failures=self._failures,
+                sync_count=self._sync_count, history=tuple(reversed(self._history)),
+                version=self.config.version)
+
+    def is_healthy(self) -> bool:
+        """Making progress: an attempt ended lately, and failures are within budget."""
+        with self._lock:
+            quiet_for = time.monotonic() - self._last_attempt_end
+            failures = self._failures
+        stuck = quiet_for > self.config.period + self.config.sync_timeout
+        over_budget = self.config.max_failures >= 0 and failures > self.config.max_failures
+        return not stuck and not over_budget
+
+    def is_ready(self) -> bool:
+        with self._lock:
+            return self._commit is not None
+
+    def tracks(self, ref: str) -> bool:
+        """Whether a push to the full ref name `ref` concerns the ref we publish."""
+        with self._lock:
+            tracked = self._tracked_ref
+        if tracked is not None:
+            return ref == tracked
+        if self.config.ref == "HEAD":
+            return ref.startswith("refs/heads/")   # default branch not learned yet
+        return False
+
+    # -- the loop -------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Sync until stopped; return the process exit status."""
+        try:
+            self.prepare()
+        except (GitError, OSError) as err:
+            log.error("cannot prepare %s: %s", self.config.root, err)
+            self._set_state("failing", error=str(err))
+            return 1
+        reason = "start"
+        while not self._stopping.is_set():
+            result = self.sync_once(reason)
+            if self._stopping.is_set():
+                break
+            if self.config.one_time:
+                return 0 if result.result != "error" else 1
+            if result.result == "error" and self._failure_budget_spent():
+                log.error("%d consecutive sync failures (allowed: %d); exiting",
+                          self._failures, self.config.max_failures)
+                return 1
+            reason = self._wait_for_trigger(self.config.period)
+            if reason is None:
+                break
+        self._set_state("stopped")
+        return 0
+
+    def _wait_for_trigger(self, timeout: float) -> str | None:
+        """Block until a trigger or the period ends; fold a burst into one reason."""
+        try:
+            first = self._triggers.get(timeout=timeout)
+        except queue.Empty:
+            return "poll"
+        reasons = [first]
+        while True:
+            try:
+                reasons.append(self._triggers.get_nowait())
+            except queue.Empty:
+                break
+        if _STOP in reasons or self._stopping.is_set():
+            return None
+        return min(reasons, key=lambda r: _TRIGGER_RANK.get(r, 9))
+
+    def _failure_budget_spent(self) -> bool:
+        return self.config.max_failures >= 0 and self._failures > self.config.max_failures
+
+    # -- start-up -------------------------------------------------------------------
+
+    def prepare(self) -> None:
+        """Make <root> usable again after any earlier run, however it ended."""
+        root = self.config.root
+        if root.exists() and not root.is_dir():
+            raise GitError("init", f"--root {root} exists and is not a directory")
+        root.mkdir(parents=True, exist_ok=True)
+        if self.repo.exists() and not self.repo.is_healthy():
+            log.warning("the repository in %s is damaged; starting it again", root)
+            self._reinit_repo()
+        elif not self.repo.exists():
+            self._reinit_repo()
+        self._apply_sparse_setting()
+        self.publisher.recover()
+        sha = self.publisher.layout.published_sha()
+        if sha is None:
+            return
+        if self.publisher.published_tree_is_sound(sha):
+            self._record_published(sha)
+            self.publisher.prepare_spare()
+        else:
+            log.warning("the published tree %s is missing or damaged; the first sync rebuilds it", sha)
+            self._published_tree_damaged = True
+
+    def _reinit_repo(self) -> None:
+        shutil.rmtree(self.repo.git_dir, ignore_errors=True)
+        self.repo.init()
+
+    def _apply_sparse_setting(self) -> None:
+        self.repo.set_config("core.sparseCheckout",
+                             "true" if self.config.sparse_checkout_file else "false")
+
+    # -- one cycle ------------------------------------------------------------------
+
+    def sync_once(self, trigger: str) -> SyncResult:
+        started, at = time.monotonic(), utc_now()
+        self._set_state("syncing")
+        try:
+            self._use_fresh_credentials()
+            published = self._sync(Deadline(self.config.sync_timeout))
+            result = "published" if published else "unchanged"
+            error = None
+        except GitError as err:
+            result, error = "error", str(err)
+        outcome = SyncResult(trigger=trigger, at=at,
+                             duration_ms=int((time.monotonic() - started) * 1000),
+                             result=result, commit=self._commit, error=error,
+                             tree=str(self.publisher.layout.tree(self._commit)) if self._commit else None)
+        self._record(outcome)
+        self._log(outcome)
+        self._notify(outcome)
+        self._housekeep()
+        with self._lock:
+            self._last_attempt_end = time.monotonic()
+        return outcome
+
+    def _sync(self, deadline: Deadline) -> bool:
+        """Publish the remote's newest commit of the ref; False when nothing changed."""
+        head = self._remote_head(deadline)
+        current = self.publisher.layout.published_sha()
+        if head.sha == current and self._current_tree_is_usable():
+            return False
+        sha = self._fetch_with_recovery(head, deadline)
+        if sha == current and self._current_tree_is_usable():
+            return False
+        self.publisher.publish(sha, deadline)
+        self._published_tree_damaged = False
+        self._record_published(sha)
+        return True
+
+    def _current_tree_is_usable(self) -> bool:
+        current = self.publisher.layout.published_sha()
+        return (current is not None and not self._published_tree_damaged
+                and self.publisher.tree_exists(current))
+
+    def _remote_head(self, deadline: Deadline) -> RemoteHead:
+        if is_full_sha(self.config.ref):
+            return RemoteHead(sha=self.config.ref, ref=None)
+        head = self.repo.ls_remote(self.config.repo, self.config.ref, deadline)
+        with self._lock:
+            self._tracked_ref = head.ref
+        return head
+
+    def _fetch_with_recovery(self, head: RemoteHead, deadline: Deadline) -> str:
+        try:
+            return self._fetch(head, deadline)
+        except GitError as err:
+            if err.timed_out or self.repo.is_healthy(deadline):
+                raise
+            log.warning("fetch failed on a damaged repository (%s); starting it again", err)
+            self._reinit_repo()
+            self._apply_sparse_setting()
+            return self._fetch(head, deadline)
+
+    def _fetch(self, head: RemoteHead, deadline: Deadline) -> str:
+        if head.ref is None:   # a pinned SHA: fetch only when we do not have it yet
+            if self.repo.has_commit(head.sha):
+                return head.sha
+            self.repo.fetch(self.config.repo, head.sha, self.config.depth, deadline)
+            return head.sha
+        return self.repo.fetch(self.config.repo, head.ref, self.config.depth, deadline)
+
+    def _use_fresh_credentials(self) -> None:
+        if self._credentials is None:
+            return
+        env, secrets = self._credentials.git_environment()
+        self.repo.runner = self._base_runner.with_env(env, secrets)
+
+    def _housekeep(self) -> None:
+        """Remove trees past their stale time, let git drop their objects, ready the next tree."""
+        if self._stopping.is_set():
+            return
+        try:
+            if self.publisher.remove_stale_trees():
+                self.repo.collect_garbage()
+            if not self.publisher.spare_is_ready():
+                self.publisher.prepare_spare()
+        except (GitError, OSError) as err:
+            log.warning("housekeeping after the sync failed: %s", err)
+
+    # -- bookkeeping ------------------------------------------------------------------
+
+    def _record_published(self, sha: str) -> None:
+        try:
+            info = self.repo.commit_info(sha)
+        except GitError:
+            info = None
+        with self._lock:
+            self._commit, self._commit_info = sha, info
+
+    def _record(self, outcome: SyncResult) -> None:
+        with self._lock:
+            self._last_attempt_end = time.monotonic()
+            self._last_sync_at = outcome.at
+            self._sync_count += 1
+            if outcome.result == "error":
+                self._failures += 1
+                self._last_error = outcome.error
+                self._state = "failing"
+            else:
+                self._failures = 0
+                self._last_error = None
+                self._last_success_at = outcome.at
+                self._state = "idle"
+            if outcome.result != "unchanged":
+                self._history.append(outcome)
+
+    def _set_state(self, state: str, error: str | None = None) -> None:
+        with self._lock:
+            self._state = state
+            if error:
+                self._last_error = error
+
+    def _log(self, outcome: SyncResult) -> None:
+        if outcome.result == "error":
+            log.error("sync failed (trigger=%s, %d ms, %d in a row): %s", outcome.trigger,
+                      outcome.duration_ms, self._failures, outcome.error)
+        elif outcome.published:
+            log.info("sync published %s (trigger=%s, %d ms)", outcome.commit, outcome.trigger,
+                     outcome.duration_ms)
+        else:
+            level = logging.DEBUG if outcome.trigger == "poll" else logging.INFO
+            log.log(level, "sync unchanged at %s (trigger=%s, %d ms)", outcome.commit,
+                    outcome.trigger, outcome.duration_ms)
+
+    def _notify(self, outcome: SyncResult) -> None:
+        for listener in self._listeners:
+            try:
+                listener(outcome)
+            except Exception:   # a broken listener must not stop syncing; say which one
+                log.exception("listener %r failed", listener)
+
+
+def _full_ref_guess(ref: str) -> str | None:
+    """Before the first ls-remote, the full name a push of `ref` would carry."""
+    if is_full_sha(ref):
+        return None
+    return ref if ref.startswith("refs/") else f"refs/heads/{ref}"
+
+

@@ -1,0 +1,355 @@
+"""The git repository under <root>, driven through GitPython's command runner.
+
+Everything here is a short, named git step. Each step raises GitError carrying
+the step's name and git's stderr with credentials removed, so a log line or a
+status answer says what failed without leaking a secret.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import git as gitpython
+
+log = logging.getLogger(__name__)
+
+SHA_RE = re.compile(r"^[0-9a-f]{40}$")
+TARGET_REF = "refs/gitsync/target"
+_URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]+@")
+
+
+class GitError(Exception):
+    """A git step failed; str() is one line: '<step>: <what git said>'."""
+
+    def __init__(self, step: str, message: str, *, timed_out: bool = False):
+        super().__init__(f"{step}: {message}")
+        self.step = step
+        self.message = message
+        self.timed_out = timed_out
+
+
+def redact_url(url: str) -> str:
+    """The URL with any user:password@ part replaced, safe for logs and status."""
+    return _URL_CREDENTIALS.sub(lambda m: m.group("scheme") + "REDACTED@", url)
+
+
+def is_full_sha(ref: str) -> bool:
+    return bool(SHA_RE.match(ref))
+
+
+class Deadline:
+    """The time left in one sync cycle; every git call takes its timeout from it."""
+
+    def __init__(self, seconds: float):
+        self._end = time.monotonic() + seconds
+        self.seconds = seconds
+
+    def remaining(self) -> float:
+        return self._end - time.monotonic()
+
+
+@dataclass(frozen=True)
+class RemoteHead:
+    """What the remote says the tracked ref points at."""
+
+    sha: str          # the commit to publish (annotated tags already peeled)
+    ref: str | None   # the full ref name it came from, e.g. refs/heads/main; None for a SHA
+
+
+@dataclass(frozen=True)
+class CommitInfo:
+    sha: str
+    subject: str
+    author: str
+    time: str   # ISO 8601 author date
+
+
+class GitRunner:
+    """Runs git with an argument list, a time limit and a clean environment.
+
+    `secrets` are scrubbed from any message that leaves this class; `env` adds
+    to git's environment (askpass, ssh command) without touching argv.
+    """
+
+    def __init__(self, *, env: Mapping[str, str], config: Sequence[tuple[str, str]] = (),
+                 secrets: Sequence[str] = ()):
+        self._env = dict(env)
+        self._config_args = [arg for key, value in config for arg in ("-c", f"{key}={value}")]
+        self._secrets = [s for s in secrets if s]
+        self._git = gitpython.Git()
+        self._running: set[subprocess.Popen] = set()
+        self._running_lock = threading.Lock()
+        self._cancelled = threading.Event()
+
+    def with_env(self, extra: Mapping[str, str], secrets: Sequence[str] = ()) -> "GitRunner":
+        """A runner like this one with more environment (e.g. fresh credentials)."""
+        clone = GitRunner.__new__(GitRunner)
+        clone._env = {**self._env, **extra}
+        clone._config_args = list(self._config_args)
+        clone._secrets = self._secrets + [s for s in secrets if s]
+        clone._git = self._git
+        # Share the process registry, so cancel() on either reaches every running git.
+        clone._running, clone._running_lock = self._running, self._running_lock
+        clone._cancelled = self._cancelled
+        return clone
+
+    def scrub(self, text: str) -> str:
+        text = redact_url(text)
+        for secret in self._secrets:
+            text = text.replace(secret, "REDACTED")
+        return text
+
+    def run(self, step: str, args: Sequence[str], *, cwd: Path | None = None,
+            deadline: Deadline | None = None) -> str:
+        """Run `git <args>`; return stdout, or raise GitError naming `step`."""
+        timeout = None
+        if deadline is not None:
+            timeout = deadline.remaining()
+            if timeout <= 0:
+                raise GitError(step, f"sync timeout ({deadline.seconds:g}s) reached before this step",
+                               timed_out=True)
+        started = time.monotonic()
+        status, out, err = self._execute(["git", *self._config_args, *args], cwd, timeout)
+        log.debug("git %s: exit %s in %.0f ms", args[0], status, (time.monotonic() - started) * 1000)
+        if status == 0:
+            return out
+        if status is None:
+            raise GitError(step, f"git {args[0]} killed after the sync timeout "
+                                 f"({deadline.seconds:g}s)", timed_out=True)
+        if self._cancelled.is_set():
+            raise GitError(step, f"git {args[0]} stopped: gitsync is shutting down")
+        raise GitError(step, self._one_line(err) or f"git {args[0]} exited with status {status}")
+
+    def _execute(self, command: list[str], cwd: Path | None,
+                 timeout: float | None) -> tuple[int | None, str, str]:
+        """Run git in its own process group, so a timeout or shutdown kills its helpers too."""
+        git = gitpython.Git(str(cwd)) if cwd else self._git
+        handle = git.execute(command, as_process=True, env=self._env, start_new_session=True)
+        proc = handle.proc
+        with self._running_lock:
+            self._running.add(proc)
+        try:
+            out, err = proc.communicate(timeout=timeout)
+            status: int | None = proc.returncode
+        except subprocess.TimeoutExpired:
+            _kill_group(proc)
+            out, err = proc.communicate()
+            status = None
+        finally:
+            with self._running_lock:
+                self._running.discard(proc)
+        return status, out.decode("utf-8", "replace").rstrip("\n"), err.decode("utf-8", "replace")
+
+    def cancel(self) -> None:
+        """Kill every git process still running (shutdown must not wait for a slow remote)."""
+        self._cancelled.set()
+        with self._running_lock:
+            running = list(self._running)
+        for proc in running:
+            _kill_group(proc)
+
+    def _one_line(self, stderr: str) -> str:
+        lines = [line.strip() for line in self.scrub(stderr).splitlines() if line.strip()]
+        # git's first "fatal:"/"error:" line is the cause; hints and "please make sure" follow it.
+        for line in lines:
+            if line.startswith(("fatal:", "error:")):
+                return line
+        return "; ".join(lines[:3])
+
+
+class Repository:
+    """The bare repository at <root>/.git and the worktrees made from it."""
+
+    def __init__(self, root: Path, runner: GitRunner):
+        self.root = root
+        self.git_dir = root / ".git"
+        self.runner = runner
+
+    # -- the repository itself ------------------------------------------------
+
+    def _git(self, step: str, *args: str, deadline: Deadline | None = None) -> str:
+        return self.runner.run(step, ["--git-dir", str(self.git_dir), *args], deadline=deadline)
+
+    def exists(self) -> bool:
+        return (self.git_dir / "HEAD").is_file()
+
+    def init(self) -> None:
+        """Create the bare repository with the settings spare trees rely on."""
+        self.runner.run("init", ["init", "--quiet", "--bare", str(self.git_dir)])
+        # Hard-linked spare trees change ctime, never content: ignore ctime so the
+        # index stays valid and git rewrites only the files a commit changes.
+        self.set_config("core.trustctime", "false")
+        self.set_config("gc.auto", "0")
+        self.set_config("maintenance.auto", "false")
+        self.set_config("advice.detachedHead", "false")
+
+    def set_config(self, key: str, value: str) -> None:
+        self._git("init", "config", key, value)
+
+    def is_healthy(self, deadline: Deadline | None = None) -> bool:
+        """True when git can read the repository and every object is reachable."""
+        try:
+            self._git("fsck", "fsck", "--connectivity-only", "--no-dangling", "--no-progress",
+                      deadline=deadline)
+        except GitError as err:
+            log.warning("repository check failed: %s", err)
+            return False
+        return True
+
+    def is_shallow(self) -> bool:
+        return (self.git_dir / "shallow").exists()
+
+    # -- talking to the remote --------------------------------------------------
+
+    def ls_remote(self, url: str, ref: str, deadline: Deadline) -> RemoteHead:
+        """Ask the remote where `ref` points; one cheap round trip, no objects."""
+        if ref == "HEAD":
+            out = self._git("ls-remote", "ls-remote", "--symref", "--", url, "HEAD",
+                            deadline=deadline)
+            return _parse_head(out, url)
+        names = [ref, f"{ref}^{{}}"] if ref.startswith("refs/") else [
+            f"refs/heads/{ref}", f"refs/tags/{ref}", f"refs/tags/{ref}^{{}}"]
+        out = self._git("ls-remote", "ls-remote", "--", url, *names, deadline=deadline)
+        return _pick_ref(out, names, ref)
+
+    def fetch(self, url: str, source: str, depth: int, deadline: Deadline) -> str:
+        """Fetch `source` (a ref or SHA) into our own ref; return the commit it names.
+
+        Fetching into a ref we keep lets git offer what we have, so an update
+        downloads only the change (a bare SHA with no local ref re-downloads all).
+        """
+        args = ["fetch", "--quiet", "--no-tags", "--no-write-fetch-head", "--no-auto-gc",
+                "--no-recurse-submodules"]
+        if depth > 0:
+            args.append(f"--depth={depth}")
+        elif self.is_shallow():
+            args.append("--unshallow")
+        self._git("fetch", *args, "--", url, f"+{source}:{TARGET_REF}", deadline=deadline)
+        return self.resolve_commit(TARGET_REF)
+
+    def has_commit(self, sha: str) -> bool:
+        try:
+            self._git("resolve", "cat-file", "-e", f"{sha}^{{commit}}")
+        except GitError:
+            return False
+        return True
+
+    def resolve_commit(self, rev: str) -> str:
+        return self._git("resolve", "rev-parse", "--verify", "--quiet",
+                         f"{rev}^{{commit}}").strip()
+
+    def commit_info(self, sha: str) -> CommitInfo:
+        out = self._git("log", "log", "-1", "--format=%s%x00%an%x00%aI", sha, "--")
+        subject, author, when = (out.split("\0") + ["", "", ""])[:3]
+        return CommitInfo(sha=sha, subject=subject, author=author, time=when)
+
+    def collect_garbage(self) -> None:
+        """Drop objects no worktree or ref reaches any more (git-sync's --git-gc=auto)."""
+        self._git("gc", "-c", "gc.auto=6700", "gc", "--auto", "--quiet", "--prune=now")
+
+    # -- worktrees --------------------------------------------------------------
+
+    def add_worktree(self, path: Path, sha: str, *, checkout: bool, deadline: Deadline | None) -> None:
+        args = ["worktree", "add", "--quiet", "--detach", "--force"]
+        if not checkout:
+            args.append("--no-checkout")
+        self._git("checkout", *args, "--", str(path), sha, deadline=deadline)
+
+    def move_worktree(self, source: Path, dest: Path, deadline: Deadline | None = None) -> None:
+        self._git("publish", "worktree", "move", "--", str(source), str(dest), deadline=deadline)
+
+    def prune_worktrees(self) -> None:
+        self._git("cleanup", "worktree", "prune")
+
+    def repair_worktrees(self, paths: Sequence[Path]) -> None:
+        """Re-link moved worktrees whose admin files a crash left pointing at the old path."""
+        if paths:
+            self._git("recover", "worktree", "repair", "--", *(str(p) for p in paths))
+
+    def worktree_admin_dir(self, path: Path) -> Path:
+        """The .git/worktrees/<name> directory of the worktree at `path`."""
+        text = (path / ".git").read_text().strip()
+        if not text.startswith("gitdir:"):
+            raise GitError("worktree", f"{path}/.git is not a worktree link")
+        admin = Path(text.split(":", 1)[1].strip())
+        return admin if admin.is_absolute() else (path / admin).resolve()
+
+    def in_worktree(self, step: str, path: Path, *args: str, deadline: Deadline | None = None) -> str:
+        """Run git inside a worktree, never letting it wander up to another repository."""
+        if not (path / ".git").is_file():
+            raise GitError(step, f"{path} has no .git link; not a worktree")
+        return self.runner.run(step, ["-C", str(path), *args], deadline=deadline)
+
+    def worktree_head(self, path: Path) -> str | None:
+        try:
+            return self.in_worktree("verify", path, "rev-parse", "--verify", "--quiet", "HEAD").strip()
+        except GitError:
+            return None
+
+    def worktree_is_clean(self, path: Path) -> bool:
+        try:
+            out = self.in_worktree("verify", path, "status", "--porcelain",
+                                   "--untracked-files=no", "--ignore-submodules")
+        except GitError:
+            return False
+        return out.strip() == ""
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _parse_head(out: str, url: str) -> RemoteHead:
+    branch, sha = None, None
+    for line in out.splitlines():
+        left, _, name = line.partition("\t")
+        if name != "HEAD":
+            continue
+        if left.startswith("ref: "):
+            branch = left[len("ref: "):].strip()
+        elif SHA_RE.match(left):
+            sha = left
+    if sha is None:
+        raise GitError("ls-remote", f"remote {redact_url(url)} has no HEAD (empty repository?)")
+    return RemoteHead(sha=sha, ref=branch)
+
+
+def _pick_ref(out: str, names: list[str], ref: str) -> RemoteHead:
+    found = {}
+    for line in out.splitlines():
+        sha, _, name = line.partition("\t")
+        if name in names and SHA_RE.match(sha):
+            found[name] = sha
+    # Branches win over tags of the same name; a tag's peeled commit over the tag object.
+    for name in names:
+        if name.endswith("^{}") or name not in found:
+            continue
+        peeled = found.get(f"{name}^{{}}")
+        return RemoteHead(sha=peeled or found[name], ref=name)
+    raise GitError("ls-remote", f"ref {ref!r} not found on the remote")
+
+
+def git_environment(root: Path) -> dict[str, str]:
+    """The environment every git call gets: no prompts, no outside config surprises."""
+    env = {
+        "GIT_TERMINAL_PROMPT": "0",
+        "LC_ALL": "C",
+        "LANGUAGE": "C",
+        # Never discover a repository above <root> (root may live inside another repo).
+        "GIT_CEILING_DIRECTORIES": str(root.parent),
+        "GIT_OPTIONAL_LOCKS": "0",
+    }
+    return env
+
