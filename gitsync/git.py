@@ -119,15 +119,16 @@ class GitRunner:
                                timed_out=True)
         started = time.monotonic()
         status, out, err = self._execute(["git", *self._config_args, *args], cwd, timeout)
-        log.debug("git %s: exit %s in %.0f ms", args[0], status, (time.monotonic() - started) * 1000)
+        name = _subcommand(args)
+        log.debug("git %s: exit %s in %.0f ms", name, status, (time.monotonic() - started) * 1000)
         if status == 0:
             return out
         if status is None:
-            raise GitError(step, f"git {args[0]} killed after the sync timeout "
+            raise GitError(step, f"git {name} killed after the sync timeout "
                                  f"({deadline.seconds:g}s)", timed_out=True)
         if self._cancelled.is_set():
-            raise GitError(step, f"git {args[0]} stopped: gitsync is shutting down")
-        raise GitError(step, self._one_line(err) or f"git {args[0]} exited with status {status}")
+            raise GitError(step, f"git {name} stopped: gitsync is shutting down")
+        raise GitError(step, self._one_line(err) or f"git {name} exited with status {status}")
 
     def _execute(self, command: list[str], cwd: Path | None,
                  timeout: float | None) -> tuple[int | None, str, str]:
@@ -302,6 +303,14 @@ class Repository:
         except GitError:
             return False
         return out.strip() == ""
+
+
+def _subcommand(args: Sequence[str]) -> str:
+    """The git command's name, past global options such as --git-dir DIR and -C DIR."""
+    rest = list(args)
+    while rest and rest[0].startswith("-"):
+        rest = rest[2:] if rest[0] in ("--git-dir", "-C", "-c") else rest[1:]
+    return rest[0] if rest else "git"
 
 
 def _kill_group(proc: subprocess.Popen) -> None:

@@ -104,8 +104,14 @@ class Publisher:
             else:
                 self._discard(entry)
         # Repair before prune: prune would drop the admin dir of a tree moved just before a kill.
-        self.repo.repair_worktrees([t for t in trees if (t / ".git").is_file()])
+        self.repo.repair_worktrees([t for t in trees if self._admin_dir_exists(t)])
         self.repo.prune_worktrees()
+
+    def _admin_dir_exists(self, tree: Path) -> bool:
+        try:
+            return self.repo.worktree_admin_dir(tree).is_dir()
+        except (GitError, OSError):
+            return False
 
     def published_tree_is_sound(self, sha: str) -> bool:
         """A full check, for start-up: the tree is a checkout of `sha` with no local change."""
@@ -149,6 +155,8 @@ class Publisher:
         build = self.layout.worktrees / f"{BUILD_PREFIX}{sha}"
         if build.exists():
             self._discard(build)
+        # A tree removed by hand is still registered; git refuses its name until pruned.
+        self.repo.prune_worktrees()
         self.repo.add_worktree(build, sha, checkout=False, deadline=deadline)
         self._write_sparse_patterns(build)
         self.repo.in_worktree("checkout", build, "reset", "--hard", "--quiet", "HEAD",

@@ -1,0 +1,154 @@
+"""The `gitsync` command as a user runs it: exit codes, signals, files, logs."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from gitutil import git, published_sha, wait_for
+
+GITSYNC = str(Path(sys.executable).parent / "gitsync")
+
+
+def run_gitsync(*args: str, timeout: float = 30) -> subprocess.CompletedProcess:
+    return subprocess.run([GITSYNC, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_help_lists_flags_with_their_variables_and_defaults():
+    proc = run_gitsync("--help")
+    assert proc.returncode == 0
+    assert "--sync-timeout" in proc.stdout and "GITSYNC_SYNC_TIMEOUT" in proc.stdout
+    assert "default 10s" in proc.stdout and "examples:" in proc.stdout
+
+
+def test_bad_flag_exits_2_with_one_line():
+    proc = run_gitsync("--repo", "x", "--root", "/tmp/x", "--period", "fast")
+    assert proc.returncode == 2
+    assert proc.stderr == "gitsync: error: --period: invalid duration 'fast' (use e.g. 500ms, 10s, 2m)\n"
+    assert run_gitsync("--nope").stderr.count("\n") == 1
+
+
+def test_one_time_publishes_and_exits_0(remote, tmp_path):
+    proc = run_gitsync("--repo", remote.url, "--root", str(tmp_path / "root"), "--one-time")
+    assert proc.returncode == 0, proc.stderr
+    assert published_sha(tmp_path / "root" / "repo.git") == remote.head()
+
+
+def test_one_time_with_a_bad_ref_exits_1_naming_the_step(remote, tmp_path):
+    proc = run_gitsync("--repo", remote.url, "--root", str(tmp_path / "root"), "--one-time",
+                       "--ref", "nope")
+    assert proc.returncode == 1
+    assert "sync failed" in proc.stderr and "ls-remote: ref 'nope' not found" in proc.stderr
+
+
+def test_flags_from_environment(remote, tmp_path, gitsync):
+    proc = gitsync(env={"GITSYNC_REPO": remote.url, "GITSYNC_ROOT": str(tmp_path / "root"),
+                        "GITSYNC_ONE_TIME": "true", "GITSYNC_LINK": "current"})
+    assert proc.wait(30) == 0, proc.output
+    assert published_sha(tmp_path / "root" / "current") == remote.head()
+
+
+def test_polls_publish_new_commits(remote, tmp_path, gitsync):
+    link = tmp_path / "root" / "repo.git"
+    gitsync("--repo", remote.url, "--root", str(tmp_path / "root"), "--period", "100ms",
+            "--http-bind", "")
+    wait_for(lambda: published_sha(link) == remote.head(), message="first publish")
+    new = remote.commit_and_push({"x": "2"})
+    wait_for(lambda: published_sha(link) == new, message="the pushed commit")
+
+
+def stop_within(proc, signum: int, limit: float) -> float:
+    started = time.monotonic()
+    proc.signal(signum)
+    status = proc.wait(limit + 3)
+    elapsed = time.monotonic() - started
+    assert status == 0, proc.output
+    return elapsed
+
+
+def hung_remote(tmp_path: Path) -> None:
+    slow = tmp_path / "slow-pack-objects"
+    slow.write_text('#!/bin/sh\nsleep 60\nexec "$@"\n')
+    slow.chmod(0o755)
+    git("config", "--global", "uploadpack.packObjectsHook", str(slow))
+
+
+def test_sigterm_stops_within_two_seconds_even_mid_fetch(remote, tmp_path, gitsync):
+    hung_remote(tmp_path)
+    proc = gitsync("--repo", remote.url, "--root", str(tmp_path / "root"), "--http-bind", "")
+    wait_for(lambda: subprocess.run(["pgrep", "-f", "slow-pack-objects"],
+                                    capture_output=True).returncode == 0, message="a hung fetch")
+    assert stop_within(proc, signal.SIGTERM, 2.0) < 2.0
+    wait_for(lambda: subprocess.run(["pgrep", "-f", "slow-pack-objects"],
+                                    capture_output=True).returncode == 1,
+             timeout=3, message="the hung git to be killed")
+
+
+def test_sigint_stops_an_idle_loop_at_once(remote, tmp_path, gitsync):
+    link = tmp_path / "root" / "repo.git"
+    proc = gitsync("--repo", remote.url, "--root", str(tmp_path / "root"), "--period", "1h",
+                   "--http-bind", "")
+    wait_for(lambda: published_sha(link), message="first publish")
+    assert stop_within(proc, signal.SIGINT, 2.0) < 2.0
+
+
+def test_sync_on_signal(remote, tmp_path, gitsync):
+    link = tmp_path / "root" / "repo.git"
+    proc = gitsync("--repo", remote.url, "--root", str(tmp_path / "root"), "--period", "1h",
+                   "--sync-on-signal", "SIGHUP", "--http-bind", "")
+    wait_for(lambda: published_sha(link), message="first publish")
+    new = remote.commit_and_push({"x": "2"})
+    time.sleep(0.3)
+    assert published_sha(link) != new          # the period is an hour: nothing moves by itself
+    proc.signal(signal.SIGHUP)
+    wait_for(lambda: published_sha(link) == new, message="the signal-triggered sync")
+    assert "trigger=signal" in proc.output
+
+
+def test_error_file_written_on_failure_and_removed_on_success(remote, tmp_path, gitsync):
+    root = tmp_path / "root"
+    error_file = root / "error.txt"
+    remote.switch("feature", create=True)
+    remote.commit_and_push({"f": "1"}, branch="feature")
+    gitsync("--repo", remote.url, "--root", str(root), "--ref", "feature", "--period", "100ms",
+            "--max-failures", "-1", "--error-file", "error.txt", "--http-bind", "")
+    wait_for(lambda: published_sha(root / "repo.git"), message="first publish")
+    assert not error_file.exists()
+    remote.delete_branch("feature")
+    wait_for(error_file.exists, message="the error file")
+    assert "ref 'feature' not found on the remote" in error_file.read_text()
+    remote.commit_and_push({"f": "2"}, branch="feature")
+    wait_for(lambda: not error_file.exists(), message="the error file to go")
+
+
+def test_touch_file_moves_on_each_publish(remote, tmp_path, gitsync):
+    root = tmp_path / "root"
+    touch = tmp_path / "touched"
+    gitsync("--repo", remote.url, "--root", str(root), "--period", "100ms",
+            "--touch-file", str(touch), "--http-bind", "")
+    wait_for(touch.exists, message="the touch file")
+    first = touch.stat().st_mtime_ns
+    new = remote.commit_and_push({"x": "2"})
+    wait_for(lambda: published_sha(root / "repo.git") == new, message="second publish")
+    wait_for(lambda: touch.stat().st_mtime_ns > first, message="the touch file to move")
+
+
+def test_json_logs(remote, tmp_path):
+    proc = run_gitsync("--repo", remote.url, "--root", str(tmp_path / "root"), "--one-time",
+                       "--log-format", "json")
+    assert proc.returncode == 0
+    lines = [json.loads(line) for line in proc.stderr.splitlines()]
+    published = [entry for entry in lines if entry["msg"].startswith("sync published")]
+    assert published and published[0]["level"] == "info"
+    assert published[0]["time"].endswith("Z")
+
+
+def test_credentials_in_the_url_never_reach_the_output(tmp_path):
+    proc = run_gitsync("--repo", "https://bob:hunter2@127.0.0.1:9/nope.git", "--root",
+                       str(tmp_path / "root"), "--one-time", "--sync-timeout", "5s")
+    assert proc.returncode == 1
+    assert "hunter2" not in proc.stderr and "sync failed" in proc.stderr

@@ -1,0 +1,111 @@
+"""Flags and GITSYNC_* variables become one frozen Config, or one clear error."""
+
+from __future__ import annotations
+
+import dataclasses
+import signal
+from pathlib import Path
+
+import pytest
+
+from gitsync.config import OPTIONS, ConfigError, parse_args
+from gitsync.durations import parse_duration
+
+BASE = ["--repo", "https://github.com/org/app.git", "--root", "/git"]
+
+
+def test_defaults_match_git_sync_v4():
+    config = parse_args(BASE, {})
+    assert (config.ref, config.depth, config.period, config.sync_timeout) == ("HEAD", 1, 10.0, 120.0)
+    assert (config.max_failures, config.one_time, config.submodules) == (0, False, "recursive")
+    assert config.link == Path("/git/app.git")          # git-sync keeps the ".git"
+    assert config.http_bind == ("0.0.0.0", 8080)        # our one deliberate difference
+    assert config.stale_worktree_timeout == 0
+    assert (config.webhook_method, config.webhook_success_status) == ("POST", 200)
+    assert config.ssh_known_hosts is True
+    assert config.receiver_max_body == 5 * 1024 * 1024
+
+
+def test_config_is_frozen():
+    config = parse_args(BASE, {})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.period = 1  # type: ignore[misc]
+
+
+def test_every_flag_reads_its_environment_variable_and_the_flag_wins():
+    env = {"GITSYNC_REPO": "file:///srv/r.git", "GITSYNC_ROOT": "/data", "GITSYNC_PERIOD": "2m",
+           "GITSYNC_ONE_TIME": "true", "GITSYNC_SSH_KEY_FILE": "/k1,/k2",
+           "GITSYNC_SYNC_ON_SIGNAL": "HUP", "GITSYNC_DEPTH": "0"}
+    config = parse_args([], env)
+    assert (config.repo, config.root, config.period, config.one_time) == (
+        "file:///srv/r.git", Path("/data"), 120.0, True)
+    assert config.ssh_key_files == ("/k1", "/k2")
+    assert config.sync_on_signal == signal.SIGHUP
+    assert parse_args(["--period", "5s"], env).period == 5.0
+
+
+@pytest.mark.parametrize("option", OPTIONS, ids=lambda o: o.flag)
+def test_each_option_has_an_environment_name(option):
+    assert option.env == "GITSYNC_" + option.flag[2:].upper().replace("-", "_")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--root", "/git"], "--repo is required (or set GITSYNC_REPO)"),
+    (BASE + ["--period", "soon"], "--period: invalid duration 'soon' (use e.g. 500ms, 10s, 2m)"),
+    (BASE + ["--period", "0s"], "--period: must be more than 0s"),
+    (BASE + ["--depth", "-1"], "--depth: must be 0 or more"),
+    (BASE + ["--depth", "one"], "--depth: expected a whole number, got 'one'"),
+    (BASE + ["--max-failures", "-2"], "--max-failures: must be -1 or more"),
+    (BASE + ["--submodules", "some"], "--submodules: must be one of recursive, shallow, off, got 'some'"),
+    (BASE + ["--one-time=maybe"], "--one-time: expected true or false, got 'maybe'"),
+    (BASE + ["--http-bind", "localhost"], "--http-bind: expected HOST:PORT, got 'localhost'"),
+    (BASE + ["--sync-on-signal", "SIGNOPE"], "--sync-on-signal: unknown signal 'SIGNOPE'"),
+    (BASE + ["--git-config", "novalue"], "--git-config: expected key:value, got 'novalue'"),
+    (BASE + ["--frobnicate"], "unrecognized arguments: --frobnicate"),
+])
+def test_bad_input_is_one_line_naming_the_flag(argv, message):
+    with pytest.raises(ConfigError) as err:
+        parse_args(argv, {})
+    assert str(err.value) == message
+
+
+def test_a_bad_environment_value_names_the_variable():
+    with pytest.raises(ConfigError, match="^GITSYNC_PERIOD: invalid duration"):
+        parse_args(BASE, {"GITSYNC_PERIOD": "often"})
+
+
+def test_link_relative_absolute_and_derived():
+    assert parse_args(BASE + ["--link", "current"], {}).link == Path("/git/current")
+    assert parse_args(BASE + ["--link", "/srv/www"], {}).link == Path("/srv/www")
+    assert parse_args(["--repo", "git@github.com:org/site", "--root", "/g"], {}).link == Path("/g/site")
+
+
+def test_git_config_pairs_allow_quoted_commas():
+    config = parse_args(BASE + ["--git-config", 'http.extraHeader:"X-A: 1, 2",core.symlinks:false'], {})
+    assert config.git_config == (("http.extraHeader", "X-A: 1, 2"), ("core.symlinks", "false"))
+
+
+def test_secrets_come_from_files_or_variables_and_stay_out_of_repr(tmp_path):
+    secret_file = tmp_path / "secret"
+    secret_file.write_text("s3cret-receiver\n")
+    config = parse_args(BASE + ["--receiver-secret-file", str(secret_file)],
+                        {"GITSYNC_API_TOKEN": "t0ken", "GITSYNC_PASSWORD": "pa55"})
+    assert config.receiver_secret == b"s3cret-receiver"
+    assert config.api_token == "t0ken"
+    assert config.password == "pa55"
+    assert "s3cret" not in repr(config) and "t0ken" not in repr(config)
+
+
+def test_unreadable_secret_file_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match=r"^--receiver-secret-file: cannot read .*missing"):
+        parse_args(BASE + ["--receiver-secret-file", str(tmp_path / "missing")], {})
+
+
+@pytest.mark.parametrize("text, seconds", [("500ms", 0.5), ("10s", 10), ("2m", 120),
+                                           ("1m30s", 90), ("1h", 3600), ("1.5s", 1.5), ("7", 7)])
+def test_go_durations(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+def test_receiver_max_body_takes_units():
+    assert parse_args(BASE + ["--receiver-max-body", "64KiB"], {}).receiver_max_body == 65536
