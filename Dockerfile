@@ -1,0 +1,78 @@
+# syntax=docker/dockerfile:1
+#
+# Two images from one file:
+#   docker build -t gitsync:0.1.0 .                            # the sidecar (default, last stage)
+#   docker build --target demo -t gitsync-demo:0.1.0 .         # the demo app's runtime, under gitsync-reload
+#
+# Both run as the numeric non-root user 65532 and expect a read-only root
+# filesystem with a writable /tmp (HOME) mounted in: see k8s/.
+
+# ---------------------------------------------------------------------------
+# build: one virtual environment holding gitsync and its dependencies. The
+# runtime stages copy it whole, so they carry no pip cache, wheel or build tool.
+# Bytecode is compiled here, since the runtime root filesystem is read-only.
+FROM python:3.11-slim-bookworm AS build
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1
+WORKDIR /src
+RUN python -m venv /opt/venv
+COPY pyproject.toml README.md ./
+COPY gitsync/ gitsync/
+COPY webhook/ webhook/
+RUN /opt/venv/bin/pip install --no-cache-dir .
+
+# build-demo: the same environment plus what the demo app itself imports.
+FROM build AS build-demo
+COPY demo-app/requirements.txt /src/demo-app/requirements.txt
+RUN /opt/venv/bin/pip install --no-cache-dir -r /src/demo-app/requirements.txt
+
+# ---------------------------------------------------------------------------
+# runtime: what both images share. A named user for uid 65532, because ssh
+# refuses to run for a uid with no passwd entry ("No user exists for uid").
+# HOME is /tmp: git writes its config and ssh its state there, and /tmp is
+# the one writable place (an emptyDir in Kubernetes).
+FROM python:3.11-slim-bookworm AS runtime
+ENV PATH=/opt/venv/bin:$PATH \
+    HOME=/tmp \
+    LANG=C.UTF-8 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1
+RUN groupadd --system --gid 65532 gitsync \
+ && useradd --system --uid 65532 --gid 65532 --home-dir /tmp --no-create-home \
+        --shell /usr/sbin/nologin gitsync
+
+# ---------------------------------------------------------------------------
+# demo: the app container. The app's code is NOT in the image: it comes from
+# the git repository, published by the sidecar into the shared volume at
+# /git/app. gitsync-reload starts `python demo-app/app.py` inside the
+# published tree and restarts it each time the link flips to a new commit;
+# SIGINT, because waitress drains in-flight requests on it (not on SIGTERM).
+# git is here only for the demo page, which shows the commit's subject and
+# author (`git log`).
+FROM runtime AS demo
+# No apt version pins (DL3008): see the gitsync stage below.
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends git \
+ && rm -rf /var/lib/apt/lists/*
+COPY --from=build-demo /opt/venv /opt/venv
+WORKDIR /tmp
+USER 65532:65532
+EXPOSE 8000
+ENTRYPOINT ["gitsync-reload"]
+CMD ["--link", "/git/app", "--signal", "INT", "--", "python", "demo-app/app.py"]
+
+# ---------------------------------------------------------------------------
+# gitsync: the sidecar (default target). git and ssh come from Debian.
+# The apt packages are not version-pinned on purpose (hadolint DL3008):
+# Debian's security updates replace the pinned version in the archive, and a
+# pinned build then fails; the base tag pins the release (bookworm) instead.
+FROM runtime AS gitsync
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends ca-certificates git openssh-client \
+ && rm -rf /var/lib/apt/lists/*
+COPY --from=build /opt/venv /opt/venv
+WORKDIR /tmp
+USER 65532:65532
+EXPOSE 8080
+ENTRYPOINT ["gitsync"]
