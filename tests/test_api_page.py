@@ -1,0 +1,138 @@
+"""The status page in a real headless Chromium, driven over WebDriver by chromedriver.
+
+Debian's `chromium` and `chromium-driver` packages provide both (.ci/run installs
+them). The page must show the published commit, and then follow a new publish
+by itself, without a reload, through its script (under its own CSP).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+
+import pytest
+import requests
+
+from apiutil import FORGE_BY_NAME, api_factory, free_port, serve  # noqa: F401
+from gitutil import wait_for
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+
+if not (CHROMIUM and CHROMEDRIVER):
+    if os.environ.get("CI"):
+        pytest.fail("CI must install Debian's chromium and chromium-driver", pytrace=False)
+    pytest.skip("needs Debian's chromium and chromium-driver", allow_module_level=True)
+
+
+class Browser:
+    """A W3C WebDriver session over plain HTTP: no client library needed."""
+
+    def __init__(self, driver_url: str, session_id: str):
+        self.url = f"{driver_url}/session/{session_id}"
+
+    def _call(self, method: str, path: str, payload: dict | None = None):
+        answer = requests.request(method, self.url + path, json=payload, timeout=30)
+        data = answer.json()
+        assert answer.status_code == 200, data
+        return data["value"]
+
+    def open(self, url: str) -> None:
+        self._call("POST", "/url", {"url": url})
+
+    def run(self, script: str, *args):
+        return self._call("POST", "/execute/sync", {"script": script, "args": list(args)})
+
+    def text(self, element_id: str) -> str | None:
+        return self.run("var e = document.getElementById(arguments[0]);"
+                        "return e ? e.textContent : null;", element_id)
+
+    def console(self) -> list[dict]:
+        return self._call("POST", "/se/log", {"type": "browser"})
+
+
+@pytest.fixture
+def browser(tmp_path):
+    port = free_port()
+    driver = subprocess.Popen([CHROMEDRIVER, f"--port={port}"], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True)
+    driver_url = f"http://127.0.0.1:{port}"
+    session_id = None
+    try:
+        wait_for(lambda: _ready(driver_url), timeout=20, message="chromedriver to start")
+        options = {"binary": CHROMIUM,
+                   "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
+                            "--disable-dev-shm-usage", "--no-first-run",
+                            f"--user-data-dir={tmp_path / 'chromium-profile'}"]}
+        answer = requests.post(f"{driver_url}/session", timeout=60, json={"capabilities": {
+            "alwaysMatch": {"browserName": "chrome", "goog:chromeOptions": options,
+                            "goog:loggingPrefs": {"browser": "ALL"}}}})
+        assert answer.status_code == 200, answer.text
+        session_id = answer.json()["value"]["sessionId"]
+        yield Browser(driver_url, session_id)
+    finally:
+        if session_id:
+            requests.delete(f"{driver_url}/session/{session_id}", timeout=30)
+        try:
+            os.killpg(driver.pid, signal.SIGKILL)   # chromedriver and any chromium it left
+        except ProcessLookupError:
+            pass
+        driver.wait(10)
+
+
+def _ready(driver_url: str) -> bool:
+    try:
+        return requests.get(f"{driver_url}/status", timeout=2).json()["value"]["ready"]
+    except (requests.RequestException, ValueError, KeyError):
+        return False
+
+
+def test_the_page_shows_the_commit_and_follows_a_new_publish(api_factory, remote, serve, browser):
+    api = api_factory(remote.url, test_config={"PAGE_REFRESH_SECONDS": 0.5})
+    wait_for(api.engine.is_ready, message="the first publish")
+    first = api.engine.status().commit
+    base = serve(api.app)
+
+    browser.open(base + "/")
+
+    assert browser.text("commit-sha") == first[:7]
+    assert browser.text("commit-subject") == "first"
+    assert browser.text("commit-author") == "Test Author"
+    assert browser.text("state") == "idle"
+    assert browser.text("ref") == "HEAD"
+    assert browser.run("return document.title").startswith("gitsync")
+
+    second = remote.commit_and_push({"app/main.py": "print('v2')\n"}, "Ship <i>v2</i>")
+    headers, body = FORGE_BY_NAME["github"].delivery("refs/heads/main", second)
+    assert requests.post(f"{base}/api/v1/webhook", data=body, headers=headers,
+                         timeout=5).status_code == 202
+
+    wait_for(lambda: browser.text("commit-sha") == second[:7], timeout=10,
+             message="the page to show the new commit without a reload")
+    assert browser.text("commit-subject") == "Ship <i>v2</i>"   # shown as text
+    assert browser.run("return document.querySelector('#commit-subject i')") is None
+    wait_for(lambda: "webhook" in browser.run(
+        "return document.querySelector('#history tr').textContent"), timeout=5)
+    assert browser.run("return document.getElementById('updated').className") == "live"
+    assert browser.run("return document.title").endswith(second[:7])
+    problems = [entry for entry in browser.console() if entry.get("level") == "SEVERE"]
+    assert problems == [], problems
+
+
+def test_the_page_shows_a_failing_sync(api_factory, tmp_path, serve, browser):
+    api = api_factory(f"file://{tmp_path}/missing.git", "--max-failures", "-1",
+                      test_config={"PAGE_REFRESH_SECONDS": 0.5})
+    wait_for(lambda: api.engine.status().last_error, message="a failed sync")
+    base = serve(api.app)
+
+    browser.open(base + "/")
+
+    assert browser.text("state") == "failing"
+    assert browser.run("return document.getElementById('error-box').hidden") is False
+    assert "missing.git" in browser.text("last-error")
+    assert "Nothing published yet" in browser.text("commit")
+    color = browser.run("return getComputedStyle(document.getElementById('state')).backgroundColor")
+    assert color == "rgb(207, 34, 46)"   # the stylesheet loaded: failing is red

@@ -1,0 +1,90 @@
+"""GET /metrics: Prometheus text, with git-sync's names where the two overlap.
+
+Each app has its own CollectorRegistry, so several apps (in tests, say) never
+share or double-register series. Sync counts and durations are fed by an
+engine listener; the gauges are read from `engine.status()` at scrape time.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from flask import Blueprint, Response, abort, current_app
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Summary, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+
+from . import services
+
+if TYPE_CHECKING:
+    from gitsync.engine import SyncResult
+
+    from . import SyncController
+
+bp = Blueprint("metrics", __name__)
+
+# The engine's results in git-sync's words.
+SYNC_STATUS = {"published": "success", "unchanged": "noop", "error": "error"}
+
+
+class Metrics:
+    def __init__(self, engine: SyncController):
+        self.registry = CollectorRegistry()
+        self.sync_count = Counter(
+            "git_sync_count", "How many git syncs completed, partitioned by state (success, error, noop)",
+            ["status"], registry=self.registry)
+        self.sync_duration = Summary(
+            "git_sync_duration_seconds", "Summary of git_sync durations", ["status"],
+            registry=self.registry)
+        self.webhooks = Counter(
+            "gitsync_webhook_requests", "Inbound webhook requests, by forge and result",
+            ["forge", "result"], registry=self.registry)
+        for status in SYNC_STATUS.values():   # zeros from the start, so rate() works at once
+            self.sync_count.labels(status)
+            self.sync_duration.labels(status)
+        self.registry.register(_EngineGauges(engine))
+        engine.add_listener(self.observe_sync)
+
+    def observe_sync(self, result: SyncResult) -> None:
+        status = SYNC_STATUS.get(result.result, "error")
+        self.sync_count.labels(status).inc()
+        self.sync_duration.labels(status).observe(result.duration_ms / 1000)
+
+    def count_webhook(self, forge: str, result: str) -> None:
+        self.webhooks.labels(forge, result).inc()
+
+
+class _EngineGauges:
+    """Point-in-time values, read from the engine when Prometheus scrapes."""
+
+    def __init__(self, engine: SyncController):
+        self._engine = engine
+
+    def describe(self):
+        return []   # collected on demand; nothing to check at registration
+
+    def collect(self):
+        status = self._engine.status()
+        yield _gauge("gitsync_ready", "1 once a commit is published", self._engine.is_ready())
+        yield _gauge("gitsync_healthy", "1 while /healthz answers 200", self._engine.is_healthy())
+        yield _gauge("gitsync_consecutive_failures", "Syncs failed in a row",
+                     status.consecutive_failures)
+        yield _gauge("gitsync_last_sync_timestamp_seconds", "When the last sync attempt started",
+                     status.last_sync_at.timestamp() if status.last_sync_at else 0)
+        yield _gauge("gitsync_last_success_timestamp_seconds",
+                     "When the last successful sync started",
+                     status.last_success_at.timestamp() if status.last_success_at else 0)
+        info = GaugeMetricFamily("gitsync_info", "The running gitsync's version", labels=["version"])
+        info.add_metric([status.version], 1)
+        yield info
+
+
+def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, documentation, value=float(value))
+
+
+@bp.get("/metrics")
+def metrics():
+    if not current_app.config["HTTP_METRICS"]:
+        abort(404, "metrics are off (--http-metrics=false)")
+    data = generate_latest(services().metrics.registry)
+    return Response(data, content_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,85 @@
+"""What the engine is doing, for machines and people; and the manual sync.
+
+GET /api/v1/status, /healthz, /readyz, / (the page) and POST /api/v1/sync.
+Everything shown comes from `engine.status()`, whose repo URL and errors the
+engine has already cleaned of credentials.
+"""
+
+from __future__ import annotations
+
+import hmac
+
+from flask import Blueprint, current_app, jsonify, render_template, request
+
+from . import services
+
+bp = Blueprint("status", __name__)
+
+# The page runs only its own script and talks only to this server.
+PAGE_POLICY = ("default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+               "img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+
+
+@bp.get("/api/v1/status")
+def status_json():
+    response = jsonify(services().engine.status().to_dict())
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@bp.get("/healthz")
+def healthz():
+    engine = services().engine
+    status = engine.status()
+    healthy = engine.is_healthy()
+    body = {"status": "ok" if healthy else "unhealthy", "state": status.state,
+            "consecutive_failures": status.consecutive_failures,
+            "last_sync_at": status.to_dict()["last_sync_at"]}
+    return jsonify(body), 200 if healthy else 503
+
+
+@bp.get("/readyz")
+def readyz():
+    engine = services().engine
+    ready = engine.is_ready()
+    body = {"status": "ready" if ready else "not ready", "commit": engine.status().commit}
+    return jsonify(body), 200 if ready else 503
+
+
+@bp.post("/api/v1/sync")
+def sync_now():
+    token = current_app.config["API_TOKEN"]
+    if not token:
+        return jsonify(error="the control API is off: no API token is configured"), 404
+    if not _bearer_matches(token):
+        response = jsonify(error="missing or invalid bearer token")
+        response.headers["WWW-Authenticate"] = 'Bearer realm="gitsync"'
+        return response, 401
+    services().engine.trigger("manual")
+    return jsonify(result="sync started"), 202
+
+
+def _bearer_matches(token: str) -> bool:
+    scheme, _, sent = request.headers.get("Authorization", "").strip().partition(" ")
+    if scheme.lower() != "bearer":
+        return False
+    return hmac.compare_digest(_header_bytes(sent.strip()), token.encode("utf-8"))
+
+
+def _header_bytes(value: str) -> bytes:
+    """Undo WSGI's latin-1 decoding, so a non-ASCII token compares byte for byte."""
+    try:
+        return value.encode("latin-1")
+    except UnicodeEncodeError:
+        return value.encode("utf-8")
+
+
+@bp.get("/")
+def page():
+    status = services().engine.status()
+    response = current_app.make_response(render_template(
+        "status.html", status=status.to_dict(),
+        refresh_ms=int(current_app.config["PAGE_REFRESH_SECONDS"] * 1000)))
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["Content-Security-Policy"] = PAGE_POLICY
+    return response
