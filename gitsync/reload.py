@@ -43,6 +43,7 @@ DEFAULT_DEBOUNCE = 0.05
 
 TICK = 0.05  # longest the loop sleeps before looking at the child again
 WATCH_STEP_MS = 20  # watchfiles batches events this long; a flip is seen in ~2 steps
+WATCH_RETRY = 1.0  # after the watch could not be set up
 BACKOFF_FIRST = 0.5  # delay before restarting a command that ended on its own...
 BACKOFF_MAX = 30.0  # ...doubling up to this...
 HEALTHY_RUN = 10.0  # ...and back to the first delay after a run this long
@@ -156,8 +157,8 @@ def _parser() -> argparse.ArgumentParser:
         "--signal-only",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="on a flip, send the signal to CMD's process group instead of restarting it, "
-        "for servers that reload themselves (env GITSYNC_RELOAD_SIGNAL_ONLY=true; default off)",
+        help="on a flip, send the signal to CMD itself instead of restarting it, for servers "
+        "that reload themselves (env GITSYNC_RELOAD_SIGNAL_ONLY=true; default off)",
     )
     parser.add_argument("command", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     return parser
@@ -239,7 +240,7 @@ def group_alive(pgid: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
+        pass  # it exists, though not ours to signal
     return True
 
 
@@ -294,11 +295,13 @@ class Supervisor:
     def run(self) -> int:
         become_subreaper()
         self.warn_if_not_a_symlink()
-        for touched in self:
-            if touched:
-                self.touched_at = time.monotonic()
-            self.tend()
-        self.stop("shutting down")
+        try:
+            for touched in self:
+                if touched:
+                    self.touched_at = time.monotonic()
+                self.tend()
+        finally:
+            self.stop("shutting down")  # also on an unexpected error: never leave CMD behind
         return self.status
 
     def __iter__(self) -> Supervisor:
@@ -334,11 +337,14 @@ class Supervisor:
             return  # clean-up, temporary links, or a link that went away: keep what runs
         sha = os.path.basename(tree)
         if self.child is None:
-            logger.info("link moved to %s; starting without waiting", sha)
-            self.restart_at = None
+            if self.restart_at is not None:
+                logger.info("link moved to %s; starting now instead of waiting", sha)
+                self.restart_at = None
         elif self.config.signal_only:
+            # To the leader only, as systemd's reload does: a server's master reloads its
+            # workers gracefully, while a worker sent HUP directly just dies.
             logger.info("link moved to %s; sending %s to pid %s", sha, self.config.signal.name, self.child.pid)
-            self.signal_group(self.child, self.config.signal)
+            self.signal_leader(self.child, self.config.signal)
             self.tree = tree
         else:
             self.stop(f"link moved to {sha}")
@@ -429,6 +435,10 @@ class Supervisor:
         except ProcessLookupError:
             pass
 
+    def signal_leader(self, child: Child, signum: signal.Signals) -> None:
+        if child.process.poll() is None:
+            os.kill(child.pid, signum)
+
     def wait_for_group(self, child: Child, timeout: float) -> bool:
         """True once the leader has ended and no process is left in its group."""
         deadline = time.monotonic() + timeout
@@ -486,10 +496,6 @@ class LinkWatcher(Supervisor):
             changes = next(self.watcher)
         except StopIteration:
             return False
-        except (OSError, RuntimeError) as error:  # the directory vanished before the watch began
-            logger.warning("cannot watch %s: %s", self.directory, error)
-            self.close_watcher()
-            return True
         if self.directory_replaced():
             # A watch follows the inode: a directory removed and made again is silent.
             logger.warning("%s was removed or replaced; watching it again when it exists", self.directory)
@@ -513,7 +519,16 @@ class LinkWatcher(Supervisor):
             stop_event=self.should_exit,
             raise_interrupt=False,
         )
-        return True  # the link may have arrived together with its directory
+        try:
+            next(self.watcher)  # the watch begins when the generator first runs
+        except StopIteration:
+            return False
+        except (OSError, RuntimeError) as error:  # gone meanwhile, or not ours to read
+            logger.warning("cannot watch %s: %s; trying again", self.directory, error)
+            self.close_watcher()
+            self.should_exit.wait(WATCH_RETRY)
+            return False
+        return True  # look at the link now: it may have moved before the watch began
 
     def close_watcher(self) -> None:
         if self.watcher is not None:

@@ -1,0 +1,106 @@
+"""gitsync demo: a page that shows the commit it runs and notices when that changes.
+
+Run it under gitsync-reload, so every publish restarts it inside the new tree:
+
+    gitsync-reload --link /repo/app --signal INT -- python demo-app/app.py
+
+It reads everything from the published tree it runs in (its working directory): the
+greeting in message.txt (at the top of the tree, or beside this file when the tree is a
+checkout of this project) and the commit's subject, author and time from git. Settings
+come from the environment: GITSYNC_HASH (set by gitsync-reload), HOST (127.0.0.1),
+PORT (8000).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Mapping
+
+from flask import Flask, jsonify, render_template
+
+MESSAGE_FILE = "message.txt"
+DEFAULT_MESSAGE = "Hello from gitsync! Edit message.txt, push, and watch this page change."
+MAX_MESSAGE = 500
+
+
+def settings_from_environment(environ: Mapping[str, str]) -> dict:
+    return {
+        "COMMIT": environ.get("GITSYNC_HASH") or None,
+        "HOST": environ.get("HOST", "127.0.0.1"),
+        "PORT": int(environ.get("PORT", "8000")),
+        "TREE": os.getcwd(),
+    }
+
+
+def read_message(tree: str) -> str:
+    """message.txt at the top of the tree, else beside this file (when the tree holds the app too)."""
+    for path in (os.path.join(tree, MESSAGE_FILE), os.path.join(os.path.dirname(__file__), MESSAGE_FILE)):
+        try:
+            with open(path, encoding="utf-8", errors="replace") as handle:
+                text = handle.read(MAX_MESSAGE).strip()
+        except OSError:
+            continue
+        if text:
+            return text
+    return DEFAULT_MESSAGE
+
+
+def read_commit(tree: str) -> dict:
+    """HEAD's sha, subject, author and time, or {} where git cannot tell (no git, no .git)."""
+    try:
+        result = subprocess.run(
+            # safe.directory: the tree belongs to the sidecar's user, not necessarily ours.
+            ["git", "-c", "safe.directory=*", "log", "-1", "--format=%H%x00%s%x00%an%x00%cI"],
+            cwd=tree, capture_output=True, text=True, timeout=5, check=True,
+        )
+        sha, subject, author, when = result.stdout.rstrip("\n").split("\x00")
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return {}
+    return {"sha": sha, "subject": subject, "author": author, "time": when}
+
+
+def hue(commit: str | None) -> int:
+    """A colour per commit, so a change is visible from across the room."""
+    try:
+        return int((commit or "")[:6], 16) % 360
+    except ValueError:
+        return 210
+
+
+def create_app(settings: Mapping | None = None) -> Flask:
+    app = Flask(__name__)
+    app.config.from_mapping(settings_from_environment(os.environ))
+    app.config.from_mapping(settings or {})
+
+    tree = app.config["TREE"]
+    details = read_commit(tree)
+    commit = app.config["COMMIT"] or details.get("sha")
+    running = {
+        "commit": commit,
+        "short": commit[:7] if commit else "unknown",
+        "message": read_message(tree),
+        "details": details,
+        "hue": hue(commit),
+    }
+
+    @app.get("/")
+    def index():
+        return render_template("index.html", **running)
+
+    @app.get("/version")
+    def version():
+        return jsonify(commit=running["commit"], message=running["message"])
+
+    return app
+
+
+def main() -> None:
+    from waitress import serve
+
+    app = create_app()
+    serve(app, host=app.config["HOST"], port=app.config["PORT"])
+
+
+if __name__ == "__main__":
+    main()
