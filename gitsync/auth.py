@@ -1,8 +1,11 @@
 """Credentials for git, handed over through its environment, never argv or .git/config.
 
-HTTPS: git asks GIT_ASKPASS for the username and password; our askpass answers
-from two variables only git and its children see. The password file is read
-again before every sync, so a rotated token works without a restart.
+HTTPS: git asks a credential helper for the username and password. Ours is a
+shell function set through GIT_CONFIG_PARAMETERS (no file, nothing in argv) that
+answers from two variables only git and its children see, and it replaces every
+other helper, so no `store` helper ever writes the password to disk. The password
+file is read again before every sync, so a rotated token works without a restart.
+Credentials written inside --repo take the same road: git is given the URL without them.
 SSH: GIT_SSH_COMMAND names the keys and a strict known_hosts file.
 """
 
@@ -11,55 +14,118 @@ from __future__ import annotations
 import os
 import re
 import shlex
-import stat
-import tempfile
-from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, unquote, urlsplit
 
 from .config import Config
 from .git import GitError
 
 DEFAULT_SSH_KEY = "/etc/git-secret/ssh"
-_ASKPASS = """#!/bin/sh
-case "$1" in
-  Username*) printf '%s\\n' "$GITSYNC_ASKPASS_USERNAME" ;;
-  *) printf '%s\\n' "$GITSYNC_ASKPASS_PASSWORD" ;;
-esac
-"""
-_SCP_LIKE = re.compile(r"^[^/:@]+@[^/:]+:")
+USERNAME_VARIABLE = "GITSYNC_CREDENTIAL_USERNAME"
+PASSWORD_VARIABLE = "GITSYNC_CREDENTIAL_PASSWORD"
+# git runs a helper starting with "!" through the shell, with "get", "store" or "erase".
+_HELPER = ('!f() { if [ "$1" = get ]; then printf \'username=%s\\npassword=%s\\n\' '
+           f'"${USERNAME_VARIABLE}" "${PASSWORD_VARIABLE}"; fi; }}; f')
+# git's rule: no "://", and a colon before the first slash ([user@]host:path).
+_SCP_LIKE = re.compile(r"^(?:[^/@:]+@)?[^/:]+:")
+_HTTP_SCHEMES = ("http", "https")
 
 
 def is_ssh_url(url: str) -> bool:
-    return url.startswith(("ssh://", "git+ssh://", "ssh+git://")) or bool(_SCP_LIKE.match(url))
+    if "://" in url:
+        return url.startswith(("ssh://", "git+ssh://", "ssh+git://"))
+    return bool(_SCP_LIKE.match(url))
 
 
-def url_password(url: str) -> str | None:
-    """The password inside an https://user:pass@host URL, to scrub from messages."""
+def _split(url: str) -> SplitResult | None:
     try:
-        return urlsplit(url).password
+        parts = urlsplit(url)
+        parts.port   # raises ValueError on a malformed port
     except ValueError:
         return None
+    return parts if parts.scheme in _HTTP_SCHEMES else None
+
+
+def strip_credentials(url: str) -> str:
+    """The HTTP(S) URL without its user:password@ part; other URLs as they are."""
+    parts = _split(url)
+    if parts is None or "@" not in parts.netloc:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return parts._replace(netloc=host).geturl()
+
+
+def url_credentials(url: str) -> tuple[str, str] | None:
+    """(username, password) written inside an HTTP(S) URL, decoded; None when there are none."""
+    parts = _split(url)
+    if parts is None or "@" not in parts.netloc:
+        return None
+    return unquote(parts.username or ""), unquote(parts.password or "")
+
+
+def _config_parameter(key: str, value: str) -> str:
+    """One entry of GIT_CONFIG_PARAMETERS, quoted the way git reads it ('key'='value')."""
+    def quote(text: str) -> str:
+        return "'" + text.replace("'", "'\\''") + "'"
+    return f"{quote(key)}={quote(value)}"
 
 
 class Credentials:
-    """Implements the engine's CredentialSource for --username/--password-file and SSH."""
+    """The engine's CredentialSource: --username and a password, URL credentials, SSH."""
 
     def __init__(self, config: Config):
         self.config = config
-        self._askpass: Path | None = None
+        self._url = strip_credentials(config.repo)
+        self._url_credentials = url_credentials(config.repo)
+
+    def remote_url(self) -> str:
+        """The URL git is given on its command line: never with credentials in it."""
+        return self._url
 
     def git_environment(self) -> tuple[dict[str, str], list[str]]:
+        # Relative submodule URLs (../lib.git) resolve against remote.origin.url; the
+        # bare repository has no remote, so name it here, outside .git/config.
+        config = [("remote.origin.url", self._url)]
         env: dict[str, str] = {}
-        secrets = [s for s in (url_password(self.config.repo),) if s]
+        secrets: list[str] = []
+        login = self._http_login()
+        if login is not None:
+            username, password = login
+            # The empty value first empties the helper list: ours is the only one asked.
+            config += [("credential.helper", ""), ("credential.helper", _HELPER)]
+            env.update({USERNAME_VARIABLE: username, PASSWORD_VARIABLE: password})
+            secrets += [password, *self._url_secrets()]
+        env["GIT_CONFIG_PARAMETERS"] = " ".join(_config_parameter(k, v) for k, v in config)
+        if is_ssh_url(self.config.repo) or self.config.submodules != "off":
+            # Submodules may live on SSH remotes even when the repository does not.
+            env["GIT_SSH_COMMAND"] = self._ssh_command(strict=is_ssh_url(self.config.repo))
+        return env, [s for s in secrets if s]
+
+    # -- HTTPS -------------------------------------------------------------------
+
+    def _http_login(self) -> tuple[str, str] | None:
+        """The username and password git should answer with, or None for no login."""
+        has_password = self.config.password_file is not None or self.config.password is not None
+        if self._url_credentials is not None:
+            if self.config.username or has_password:
+                raise GitError("auth", "--repo holds credentials and --username or a password is "
+                                       "set too; give them in one place only")
+            return self._url_credentials
         if self.config.username:
-            password = self._read_password()
-            env.update(GIT_ASKPASS=str(self._askpass_script()),
-                       GITSYNC_ASKPASS_USERNAME=self.config.username,
-                       GITSYNC_ASKPASS_PASSWORD=password)
-            secrets.append(password)
-        if is_ssh_url(self.config.repo):
-            env["GIT_SSH_COMMAND"] = self._ssh_command()
-        return env, secrets
+            return self.config.username, self._read_password()
+        if has_password:
+            raise GitError("auth", "a password is set (--password-file or GITSYNC_PASSWORD) "
+                                   "but --username is not")
+        return None
+
+    def _url_secrets(self) -> list[str]:
+        """The URL's credentials as written (maybe %-encoded); a lone user is likely a token."""
+        if self._url_credentials is None:
+            return []
+        parts = urlsplit(self.config.repo)
+        secrets = [parts.password or ""]
+        if not parts.password and len(self._url_credentials[0]) >= 8:
+            secrets += [parts.username or "", self._url_credentials[0]]
+        return secrets
 
     def _read_password(self) -> str:
         path = self.config.password_file
@@ -69,36 +135,49 @@ class Credentials:
                                        "GITSYNC_PASSWORD is")
             return self.config.password
         try:
-            password = path.read_text().strip()
+            password = path.read_text().rstrip("\r\n")
         except OSError as err:
-            raise GitError("auth", f"--password-file: cannot read {path}: {err.strerror}") from None
+            raise GitError("auth", f"--password-file: cannot read {path}: "
+                                   f"{err.strerror or err}") from None
+        except UnicodeDecodeError:
+            raise GitError("auth", f"--password-file: {path} is not UTF-8 text") from None
         if not password:
             raise GitError("auth", f"--password-file: {path} is empty")
         return password
 
-    def _askpass_script(self) -> Path:
-        if self._askpass is None or not self._askpass.exists():
-            folder = Path(tempfile.mkdtemp(prefix="gitsync-askpass-"))
-            script = folder / "askpass"
-            script.write_text(_ASKPASS)
-            script.chmod(stat.S_IRWXU)
-            self._askpass = script
-        return self._askpass
+    # -- SSH -----------------------------------------------------------------------
 
-    def _ssh_command(self) -> str:
+    def _ssh_command(self, *, strict: bool) -> str:
+        """ssh with our keys and known_hosts; `strict` turns unreadable files into errors."""
         args = ["ssh", "-o", "BatchMode=yes"]
-        keys = [k for k in self.config.ssh_key_files if k != DEFAULT_SSH_KEY or os.path.exists(k)]
+        keys = []
+        for key in self.config.ssh_key_files:
+            problem = _unreadable(key)
+            if problem and key == DEFAULT_SSH_KEY and not os.path.lexists(key):
+                continue   # git-sync's default key is optional
+            if problem and strict:
+                raise GitError("auth", f"--ssh-key-file: cannot read {key}: {problem}")
+            if not problem:
+                keys.append(key)
         for key in keys:
-            if not os.access(key, os.R_OK):
-                raise GitError("auth", f"--ssh-key-file: cannot read {key}")
             args += ["-i", key]
         if keys:
             args += ["-o", "IdentitiesOnly=yes"]
         if self.config.ssh_known_hosts:
             known = self.config.ssh_known_hosts_file
-            if not os.access(known, os.R_OK):
-                raise GitError("auth", f"--ssh-known-hosts-file: cannot read {known}")
+            problem = _unreadable(known)
+            if problem and strict:
+                raise GitError("auth", f"--ssh-known-hosts-file: cannot read {known}: {problem}")
             args += ["-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={known}"]
         else:
             args += ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"]
         return shlex.join(args)
+
+
+def _unreadable(path: str) -> str | None:
+    """Why `path` cannot be read as a file, or None when it can (as this user, for real)."""
+    try:
+        with open(path, "rb"):
+            return None
+    except OSError as err:
+        return err.strerror or str(err)

@@ -15,7 +15,7 @@ from .auth import Credentials
 from .config import Config
 from .engine import Engine
 from .git import GitRunner, Repository, git_environment
-from .hooks import ErrorFile, TouchFile
+from .hooks import ErrorFile, ExecHook, HookRunner, TouchFile, WebHook
 from .publish import Layout, Publisher
 
 log = logging.getLogger("gitsync")
@@ -55,6 +55,13 @@ def attach_hooks(config: Config, engine: Engine) -> list:
         hooks.append(TouchFile(config.touch_file))
     if config.error_file:
         hooks.append(ErrorFile(config.error_file))
+    if config.exechook_command:
+        exechook = ExecHook(config.exechook_command, config.exechook_timeout, os.environ)
+        hooks.append(HookRunner(exechook, config.exechook_backoff, one_time=config.one_time))
+    if config.webhook_url:
+        webhook = WebHook(config.webhook_url, config.webhook_method,
+                          config.webhook_success_status, config.webhook_timeout)
+        hooks.append(HookRunner(webhook, config.webhook_backoff, one_time=config.one_time))
     for hook in hooks:
         engine.add_listener(hook)
     return hooks

@@ -102,6 +102,9 @@ class CredentialSource(Protocol):
     def git_environment(self) -> tuple[dict[str, str], list[str]]:
         """(extra environment for git, secret strings to scrub from messages)."""
 
+    def remote_url(self) -> str:
+        """The repository URL for git's argv, with any credentials taken out of it."""
+
 
 class Engine:
     def __init__(self, config: Config, repo: Repository, publisher: Publisher,
@@ -111,6 +114,7 @@ class Engine:
         self.publisher = publisher
         self._base_runner: GitRunner = repo.runner
         self._credentials = credentials
+        self._url = credentials.remote_url() if credentials is not None else config.repo
         self._triggers: queue.SimpleQueue = queue.SimpleQueue()
         self._stopping = threading.Event()
         self._listeners: list[Callable[[SyncResult], None]] = []
@@ -232,6 +236,7 @@ class Engine:
         if root.exists() and not root.is_dir():
             raise GitError("init", f"--root {root} exists and is not a directory")
         root.mkdir(parents=True, exist_ok=True)
+        _remove_stale_locks(self.repo.git_dir)
         if self.repo.exists() and not self.repo.is_healthy():
             log.warning("the repository in %s is damaged; starting it again", root)
             self._reinit_repo()
@@ -303,7 +308,7 @@ class Engine:
     def _remote_head(self, deadline: Deadline) -> RemoteHead:
         if is_full_sha(self.config.ref):
             return RemoteHead(sha=self.config.ref, ref=None)
-        head = self.repo.ls_remote(self.config.repo, self.config.ref, deadline)
+        head = self.repo.ls_remote(self._url, self.config.ref, deadline)
         with self._lock:
             self._tracked_ref = head.ref
         return head
@@ -323,9 +328,9 @@ class Engine:
         if head.ref is None:   # a pinned SHA: fetch only when we do not have it yet
             if self.repo.has_commit(head.sha):
                 return head.sha
-            self.repo.fetch(self.config.repo, head.sha, self.config.depth, deadline)
+            self.repo.fetch(self._url, head.sha, self.config.depth, deadline)
             return head.sha
-        return self.repo.fetch(self.config.repo, head.ref, self.config.depth, deadline)
+        return self.repo.fetch(self._url, head.ref, self.config.depth, deadline)
 
     def _use_fresh_credentials(self) -> None:
         if self._credentials is None:
@@ -405,3 +410,16 @@ def _full_ref_guess(ref: str) -> str | None:
     return ref if ref.startswith("refs/") else f"refs/heads/{ref}"
 
 
+def _remove_stale_locks(git_dir) -> None:
+    """Delete the lock files a killed git left behind (git removes them on exit, not on SIGKILL).
+
+    gitsync is the only writer of its repository and none of its git runs yet, so a lock
+    found at start-up is stale; left in place, one blocks every later fetch (shallow.lock,
+    a ref's .lock) or the start-up itself (config.lock).
+    """
+    if not git_dir.is_dir():
+        return
+    for lock in git_dir.rglob("*.lock"):
+        if lock.is_file() and not lock.is_symlink():
+            log.warning("removing %s, left by a git that was killed", lock)
+            lock.unlink(missing_ok=True)

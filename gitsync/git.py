@@ -161,8 +161,11 @@ class GitRunner:
     def _one_line(self, stderr: str) -> str:
         lines = [line.strip() for line in self.scrub(stderr).splitlines() if line.strip()]
         # git's first "fatal:"/"error:" line is the cause; hints and "please make sure" follow it.
-        for line in lines:
+        for index, line in enumerate(lines):
             if line.startswith(("fatal:", "error:")):
+                # ...except over SSH, where ssh says why just before git's generic line.
+                if index > 0 and "Could not read from remote repository" in line:
+                    return f"{lines[index - 1]}; {line}"
                 return line
         return "; ".join(lines[:3])
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -34,6 +35,7 @@ TRASH_PREFIX = ".trash-"
 PREVIOUS_FILE = "gitsync-previous"
 _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
+_WORKTREE_SETTING = re.compile(r"^\s*worktree\s*=", re.MULTILINE)
 
 
 class Layout:
@@ -105,7 +107,28 @@ class Publisher:
                 self._discard(entry)
         # Repair before prune: prune would drop the admin dir of a tree moved just before a kill.
         self.repo.repair_worktrees([t for t in trees if self._admin_dir_exists(t)])
+        self._unlock_missing_worktrees()
         self.repo.prune_worktrees()
+
+    def _unlock_missing_worktrees(self) -> None:
+        """Let prune take entries a killed `git worktree add` left locked ("initializing").
+
+        git refuses to add a path again while such an entry stands ("a missing but locked
+        worktree"); a worktree whose directory is gone is in no one's use.
+        """
+        admin_root = self.repo.git_dir / "worktrees"
+        if not admin_root.is_dir():
+            return
+        for admin in admin_root.iterdir():
+            lock = admin / "locked"
+            if not lock.is_file():
+                continue
+            try:
+                checkout = Path((admin / "gitdir").read_text().strip()).parent
+            except OSError:
+                checkout = None
+            if checkout is None or not checkout.is_dir():
+                lock.unlink(missing_ok=True)
 
     def _admin_dir_exists(self, tree: Path) -> bool:
         try:
@@ -165,7 +188,7 @@ class Publisher:
         if dest.exists():
             self._swap_into_place(build, dest)
         else:
-            self.repo.move_worktree(build, dest, deadline)
+            self._move_tree(build, dest, deadline)
 
     def _build_from_spare(self, sha: str, deadline: Deadline) -> None:
         """Let git rewrite only what changed in a hard-linked copy of the published tree."""
@@ -174,15 +197,45 @@ class Publisher:
         self.repo.in_worktree("checkout", spare, "checkout", "--quiet", "--detach", sha, "--",
                               deadline=deadline)
         self._update_submodules(spare, deadline)
-        self.repo.move_worktree(spare, self.layout.tree(sha), deadline)
+        self._move_tree(spare, self.layout.tree(sha), deadline)
 
     def _rebuild_in_place(self, sha: str, deadline: Deadline) -> None:
         """The link already names `sha` but its tree is gone or damaged: build it again."""
         tree = self.layout.tree(sha)
-        if tree.is_dir() and self.published_tree_is_sound(sha):
+        if tree.is_dir() and (self.published_tree_is_sound(sha) or self._register_again(sha, deadline)):
             return
         log.warning("published tree %s is missing or damaged; rebuilding it", sha)
         self._build_fresh(sha, tree, deadline)
+
+    def _register_again(self, sha: str, deadline: Deadline) -> bool:
+        """Give back git's record of a tree that lost it with a re-cloned repository.
+
+        The files stay as they are (a reader may sit in them); only the admin directory
+        the tree's .git file names is written again, with an index read from the commit.
+        False, with nothing left behind, unless the tree then checks out clean.
+        """
+        tree = self.layout.tree(sha)
+        try:
+            admin = self.repo.worktree_admin_dir(tree)
+        except (GitError, OSError):
+            return False
+        if (admin.exists() or admin.parent.resolve() != (self.repo.git_dir / "worktrees").resolve()
+                or not self.repo.has_commit(sha)):
+            return False
+        admin.mkdir(parents=True)
+        (admin / "gitdir").write_text(f"{tree / '.git'}\n")
+        (admin / "commondir").write_text("../..\n")
+        (admin / "HEAD").write_text(f"{sha}\n")
+        try:
+            self.repo.in_worktree("recover", tree, "read-tree", sha, deadline=deadline)
+            self.repo.in_worktree("recover", tree, "update-index", "-q", "--refresh", deadline=deadline)
+        except GitError:
+            pass
+        if self.published_tree_is_sound(sha):
+            log.info("published tree %s registered again, its files untouched", sha)
+            return True
+        shutil.rmtree(admin, ignore_errors=True)
+        return False
 
     def _swap_into_place(self, build: Path, dest: Path) -> None:
         """Exchange a fresh build with a damaged tree of the same name, with no gap for readers."""
@@ -207,15 +260,49 @@ class Publisher:
         info.mkdir(parents=True, exist_ok=True)
         (info / "sparse-checkout").write_text(self.sparse_patterns)
 
+    def _sparse_set_matches(self, tree: Path) -> bool:
+        """Whether `tree` was checked out with today's patterns (or, like today, without any)."""
+        try:
+            patterns = (self.repo.worktree_admin_dir(tree) / "info" / "sparse-checkout").read_text()
+        except FileNotFoundError:
+            patterns = None
+        except (GitError, OSError):
+            return False
+        return patterns == self.sparse_patterns
+
     def _update_submodules(self, tree: Path, deadline: Deadline) -> None:
         if self.submodules == "off" or not (tree / ".gitmodules").exists():
             return
-        args = ["submodule", "update", "--init", "--checkout", "--force"]
-        if self.submodules == "recursive":
-            args.append("--recursive")
+        recursive = ["--recursive"] if self.submodules == "recursive" else []
+        # .git/config keeps the URL each submodule had when first seen: align it with
+        # this commit's .gitmodules before cloning.
+        self.repo.in_worktree("submodules", tree, "submodule", "--quiet", "sync", *recursive,
+                              deadline=deadline)
+        args = ["submodule", "--quiet", "update", "--init", "--checkout", "--force", *recursive]
         if self.depth > 0:
             args.append(f"--depth={self.depth}")
         self.repo.in_worktree("submodules", tree, *args, deadline=deadline)
+        self._unpin_submodules(tree)
+
+    def _unpin_submodules(self, tree: Path) -> None:
+        """Drop core.worktree from the submodules' git dirs before the tree is renamed.
+
+        It names the tree's current path; without it git finds each submodule's
+        tree from the .git file inside it, which stays right wherever the tree goes.
+        """
+        modules = self.repo.worktree_admin_dir(tree) / "modules"
+        for config in sorted(modules.rglob("config")):
+            if (config.parent / "HEAD").is_file() and _WORKTREE_SETTING.search(config.read_text()):
+                self.repo.runner.run("submodules", ["config", "--file", str(config),
+                                                    "--unset-all", "core.worktree"])
+
+    def _move_tree(self, source: Path, dest: Path, deadline: Deadline) -> None:
+        """git refuses to move a worktree holding submodules; such a tree is renamed by hand."""
+        if not (self.repo.worktree_admin_dir(source) / "modules").is_dir():
+            self.repo.move_worktree(source, dest, deadline)
+            return
+        os.rename(source, dest)
+        self.repo.repair_worktrees([dest])
 
     # -- the spare ---------------------------------------------------------------
 
@@ -228,6 +315,8 @@ class Publisher:
             self._discard(spare)
         if sha is None or not self.tree_exists(sha) or self._has_submodules(sha):
             return
+        if not self._sparse_set_matches(self.layout.tree(sha)):
+            return   # a copy would keep the old sparse set; the next tree is checked out in full
         source = self.layout.tree(sha)
         try:
             self.repo.add_worktree(spare, sha, checkout=False, deadline=None)
