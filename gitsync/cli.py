@@ -33,6 +33,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     exit_code = run_until_stopped(engine, wake)
     for hook in hooks:
         getattr(hook, "close", lambda: None)()
+    failed_hooks = [hook for hook in hooks if getattr(hook, "last_error", None)]
+    if config.one_time and exit_code == 0 and failed_hooks:
+        log.error("--one-time: the sync succeeded but a hook failed: %s", failed_hooks[0].last_error)
+        exit_code = 1
     if api is not None:
         api.stop()
     log.info("stopped (exit status %d)", exit_code)
@@ -42,9 +46,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 def build_engine(config: Config) -> Engine:
     runner = GitRunner(env=git_environment(config.root), config=config.git_config)
     repo = Repository(config.root, runner)
-    sparse = config.sparse_checkout_file.read_text() if config.sparse_checkout_file else None
     publisher = Publisher(repo, Layout(config.root, config.link),
-                          stale_timeout=config.stale_worktree_timeout, sparse_patterns=sparse,
+                          stale_timeout=config.stale_worktree_timeout,
+                          sparse_patterns=config.sparse_patterns,
                           submodules=config.submodules, depth=config.depth)
     return Engine(config, repo, publisher, credentials=Credentials(config))
 

@@ -13,6 +13,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, NoReturn, Sequence
+from urllib.parse import urlsplit
 
 from . import __version__
 from .durations import format_duration, parse_duration
@@ -131,12 +132,13 @@ class Config:
     one_time: bool
     username: str
     password_file: Path | None
-    password: str | None
+    password: str | None = field(repr=False)
     ssh_key_files: tuple[str, ...]
     ssh_known_hosts: bool
     ssh_known_hosts_file: str
     submodules: str
     sparse_checkout_file: Path | None
+    sparse_patterns: str | None
     git_config: tuple[tuple[str, str], ...]
     exechook_command: str
     exechook_timeout: float
@@ -278,7 +280,9 @@ def _option_value(opt: Option, namespace: argparse.Namespace, environ: Mapping[s
 
 def _make_config(v: dict[str, Any], environ: Mapping[str, str]) -> Config:
     _check_ranges(v)
+    _check_credentials(v, environ)
     root = Path(v["root"]).expanduser().absolute()
+    sparse_file = _optional_path(v["sparse_checkout_file"], None)
     return Config(
         repo=v["repo"], ref=v["ref"].strip() or "HEAD", root=root,
         link=_resolve_link(v["link"], v["repo"], root),
@@ -289,7 +293,7 @@ def _make_config(v: dict[str, Any], environ: Mapping[str, str]) -> Config:
         ssh_key_files=tuple(v["ssh_key_file"]),
         ssh_known_hosts=v["ssh_known_hosts"], ssh_known_hosts_file=v["ssh_known_hosts_file"],
         submodules=v["submodules"],
-        sparse_checkout_file=_optional_path(v["sparse_checkout_file"], None),
+        sparse_checkout_file=sparse_file, sparse_patterns=_read_sparse_patterns(sparse_file),
         git_config=_parse_git_config(v["git_config"]),
         exechook_command=v["exechook_command"], exechook_timeout=v["exechook_timeout"],
         exechook_backoff=v["exechook_backoff"],
@@ -308,6 +312,33 @@ def _make_config(v: dict[str, Any], environ: Mapping[str, str]) -> Config:
                                              environ.get("GITSYNC_API_TOKEN"))),
         log_format=v["log_format"], verbose=v["verbose"],
     )
+
+
+def _check_credentials(v: dict[str, Any], environ: Mapping[str, str]) -> None:
+    """Combinations that can never work are refused at start, not at every sync."""
+    has_password = bool(v["password_file"]) or bool(environ.get("GITSYNC_PASSWORD"))
+    try:
+        parts = urlsplit(v["repo"])
+        url_login = bool(parts.username or parts.password)
+    except ValueError:
+        url_login = False
+    if url_login and (v["username"] or has_password):
+        raise ConfigError("--repo holds credentials and --username or a password is set too; "
+                          "give them in one place only")
+    if v["username"] and not has_password:
+        raise ConfigError("--username needs --password-file or GITSYNC_PASSWORD")
+    if has_password and not v["username"] and not url_login:
+        raise ConfigError("--username is required with --password-file or GITSYNC_PASSWORD")
+
+
+def _read_sparse_patterns(path: Path | None) -> str | None:
+    if path is None:
+        return None
+    try:
+        return path.read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        why = err.strerror if isinstance(err, OSError) else "not UTF-8 text"
+        raise ConfigError(f"--sparse-checkout-file: cannot read {path}: {why}") from None
 
 
 def _check_ranges(v: dict[str, Any]) -> None:

@@ -101,15 +101,17 @@ def engine_factory(tmp_path):
     def start(*args: str, env: dict[str, str] | None = None, run: bool = True):
         config = parse_args(list(args), env or {})
         engine = build_engine(config)
-        attach_hooks(config, engine)
+        hooks = attach_hooks(config, engine)
         thread = threading.Thread(target=engine.run, name="test-sync-loop", daemon=True)
-        running.append((engine, thread))
+        running.append((engine, thread, hooks))
         if run:
             thread.start()
         return engine
 
     yield start
-    for engine, thread in running:
+    for engine, thread, hooks in running:
         engine.stop()
         if thread.is_alive():
             thread.join(10)
+        for hook in hooks:
+            getattr(hook, "close", lambda: None)()

@@ -106,7 +106,7 @@ def test_sync_on_signal(remote, tmp_path, gitsync):
     assert published_sha(link) != new          # the period is an hour: nothing moves by itself
     proc.signal(signal.SIGHUP)
     wait_for(lambda: published_sha(link) == new, message="the signal-triggered sync")
-    assert "trigger=signal" in proc.output
+    wait_for(lambda: "trigger=signal" in proc.output, message="the sync's log line")
 
 
 def test_error_file_written_on_failure_and_removed_on_success(remote, tmp_path, gitsync):

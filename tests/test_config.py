@@ -69,6 +69,21 @@ def test_bad_input_is_one_line_naming_the_flag(argv, message):
     assert str(err.value) == message
 
 
+@pytest.mark.parametrize("argv, env, message", [
+    (["--username", "bob"], {}, "--username needs --password-file or GITSYNC_PASSWORD"),
+    ([], {"GITSYNC_PASSWORD": "x"}, "--username is required with --password-file or GITSYNC_PASSWORD"),
+    (["--repo", "https://bob:pw@host/r.git", "--username", "bob"], {"GITSYNC_PASSWORD": "x"},
+     "--repo holds credentials and --username or a password is set too; give them in one place only"),
+    (["--sparse-checkout-file", "/nonexistent/patterns"], {},
+     "--sparse-checkout-file: cannot read /nonexistent/patterns: No such file or directory"),
+], ids=["username-alone", "password-alone", "both-places", "sparse-unreadable"])
+def test_credential_combinations_that_cannot_work_are_refused_at_start(argv, env, message):
+    with pytest.raises(ConfigError) as err:
+        parse_args(BASE + argv, env)
+    assert str(err.value) == message
+    assert "pw" not in str(err.value).replace("password", "")
+
+
 def test_a_bad_environment_value_names_the_variable():
     with pytest.raises(ConfigError, match="^GITSYNC_PERIOD: invalid duration"):
         parse_args(BASE, {"GITSYNC_PERIOD": "often"})
@@ -88,12 +103,13 @@ def test_git_config_pairs_allow_quoted_commas():
 def test_secrets_come_from_files_or_variables_and_stay_out_of_repr(tmp_path):
     secret_file = tmp_path / "secret"
     secret_file.write_text("s3cret-receiver\n")
-    config = parse_args(BASE + ["--receiver-secret-file", str(secret_file)],
+    config = parse_args(BASE + ["--receiver-secret-file", str(secret_file), "--username", "bob"],
                         {"GITSYNC_API_TOKEN": "t0ken", "GITSYNC_PASSWORD": "pa55"})
     assert config.receiver_secret == b"s3cret-receiver"
     assert config.api_token == "t0ken"
     assert config.password == "pa55"
     assert "s3cret" not in repr(config) and "t0ken" not in repr(config)
+    assert "pa55" not in repr(config)
 
 
 def test_unreadable_secret_file_is_a_config_error(tmp_path):

@@ -163,6 +163,16 @@ def test_one_time_waits_for_the_exechook(remote, tmp_path, gitsync):
     assert f"exechook ran for {remote.head()}" in proc.output
 
 
+def test_one_time_exits_1_when_the_exechook_fails(remote, tmp_path, gitsync):
+    script = tmp_path / "fail.sh"
+    script.write_text("#!/bin/sh\necho broken >&2\nexit 3\n")
+    script.chmod(0o755)
+    proc = gitsync("--repo", remote.url, "--root", str(tmp_path / "root"), "--one-time",
+                   "--exechook-command", str(script), "--exechook-backoff", "100ms")
+    assert proc.wait(20) == 1
+    assert "the sync succeeded but a hook failed" in proc.output
+
+
 # -- outbound webhook ------------------------------------------------------------------------
 
 class Receiver:
