@@ -429,7 +429,7 @@ def test_signal_only_sends_hup_to_the_command_and_does_not_restart(trees, start_
     assert [r["event"] for r in reloader.records()] == ["start", "SIGHUP", "SIGTERM"]
 
 
-# --- the watcher recipe in docs/reload.md -------------------------------------------------------
+# --- the watcher recipe in README.md -------------------------------------------------------
 
 
 START_APP = """#!/bin/sh
@@ -441,7 +441,7 @@ exec {python} {app}
 
 
 def test_watchfiles_cli_recipe_restarts_onto_new_tree(trees, tmp_path, child_script):
-    """docs/reload.md: `watchfiles --non-recursive` on the link's directory, a start script entering the link."""
+    """README.md, watcher recipes: `watchfiles --non-recursive` on the link's directory, a start script entering the link."""
     first, second = trees.make(), trees.make()
     trees.flip(first)
     start_app = tmp_path / "start-app"
