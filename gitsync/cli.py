@@ -29,7 +29,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     hooks = attach_hooks(config, engine)
     wake = threading.Event()
     install_signal_handlers(config, engine, wake)
-    api = start_api(config, engine)
+    try:
+        api = start_api(config, engine)
+    except OSError as err:
+        host, port = config.http_bind
+        print(f"gitsync: error: --http-bind: cannot listen on {host}:{port}: {err.strerror}",
+              file=sys.stderr)
+        return 1
     exit_code = run_until_stopped(engine, wake)
     for hook in hooks:
         getattr(hook, "close", lambda: None)()

@@ -152,3 +152,18 @@ def test_credentials_in_the_url_never_reach_the_output(tmp_path):
                        str(tmp_path / "root"), "--one-time", "--sync-timeout", "5s")
     assert proc.returncode == 1
     assert "hunter2" not in proc.stderr and "sync failed" in proc.stderr
+
+
+def test_a_busy_api_port_is_one_line_and_exit_1(remote, tmp_path):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        proc = run_gitsync("--repo", remote.url, "--root", str(tmp_path / "root"),
+                           "--http-bind", f"127.0.0.1:{port}")
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"gitsync: error: --http-bind: cannot listen on 127.0.0.1:{port}: Address already in use")
+    assert "Traceback" not in proc.stderr
