@@ -253,6 +253,26 @@ def test_root_missing_is_created(remote, tmp_path):
     assert result.result == "published" and root.is_dir()
 
 
+def test_root_that_exists_empty(remote, tmp_path):
+    root = tmp_path / "root"
+    root.mkdir()
+    _, result = sync(remote.url, root)
+    assert result.result == "published"
+    assert sorted(p.name for p in root.iterdir()) == [".git", ".worktrees", "repo.git"]
+
+
+def test_branch_switch_on_restart(remote, tmp_path):
+    root = tmp_path / "root"
+    main_sha = remote.head()
+    sync(remote.url, root, "--ref", "main")
+    remote.switch("other", create=True)
+    other = remote.commit_and_push({"other.txt": "o\n"}, branch="other")
+    _, result = sync(remote.url, root, "--ref", "other")
+    assert result.result == "published" and result.commit == other != main_sha
+    assert (link_of(root) / "other.txt").read_text() == "o\n"
+    assert main_sha in sha_trees(root)          # the tree it left stays until the next publish
+
+
 def test_root_with_unrelated_files_keeps_them(remote, tmp_path):
     root = tmp_path / "root"
     root.mkdir()
