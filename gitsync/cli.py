@@ -20,6 +20,7 @@ from .publish import Layout, Publisher
 
 log = logging.getLogger("gitsync")
 SHUTDOWN_GRACE = 1.5
+SIGNAL_POLL = 0.1
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -115,7 +116,10 @@ def run_until_stopped(engine: Engine, wake: threading.Event) -> int:
 
     worker = threading.Thread(target=loop, name="sync-loop", daemon=True)
     worker.start()
-    wake.wait()
+    # A bounded wait: the kernel may deliver SIGTERM to another thread, and Python runs
+    # the handler only when the main thread next executes, which an endless wait delays.
+    while not wake.wait(SIGNAL_POLL):
+        pass
     if "code" in result:
         return result["code"]
     log.info("stopping: signal received")

@@ -167,3 +167,13 @@ def test_a_busy_api_port_is_one_line_and_exit_1(remote, tmp_path):
     assert proc.stderr.strip().splitlines()[-1] == (
         f"gitsync: error: --http-bind: cannot listen on 127.0.0.1:{port}: Address already in use")
     assert "Traceback" not in proc.stderr
+
+
+def test_sigterm_with_the_api_running_always_stops_within_two_seconds(remote, tmp_path, gitsync):
+    """With several threads, the kernel may hand SIGTERM to any of them; gitsync must notice
+    anyway (a main thread blocked forever in a wait once hung here)."""
+    for attempt in range(12):
+        proc = gitsync("--repo", remote.url, "--root", str(tmp_path / f"root{attempt}"),
+                       "--http-bind", "127.0.0.1:0", "--period", "1h")
+        wait_for(lambda: "serving the HTTP API" in proc.output, message="the API to start")
+        assert stop_within(proc, signal.SIGTERM, 2.0) < 2.0, f"attempt {attempt}: {proc.output}"
