@@ -77,7 +77,7 @@ class GitRunner:
     """Runs git with an argument list, a time limit and a clean environment.
 
     `secrets` are scrubbed from any message that leaves this class; `env` adds
-    to git's environment (askpass, ssh command) without touching argv.
+    to git's environment (credential helper, ssh command) without touching argv.
     """
 
     def __init__(self, *, env: Mapping[str, str], config: Sequence[tuple[str, str]] = (),
