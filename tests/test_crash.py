@@ -94,7 +94,11 @@ class Model:
                     if path not in changes:
                         content, executable = self.files[path]
                         changes[path] = (content, not executable)
-        changes["VERSION"] = (f"{self.version}\n", False)
+        return self.record(changes)
+
+    def record(self, changes: dict[str, tuple[str, bool] | None]) -> dict[str, tuple[str, bool] | None]:
+        """Apply `changes` at the current version; add VERSION and the manifest to them."""
+        changes = {**changes, "VERSION": (f"{self.version}\n", False)}
         for path, value in changes.items():
             if value is None:
                 self.files.pop(path, None)
@@ -817,16 +821,7 @@ def _commit_custom(remote: Remote, model: Model, history: History,
                    changes: dict[str, tuple[str, bool] | None]) -> str:
     """A commit of hand-picked changes, kept consistent with the model's manifest."""
     model.version += 1
-    changes = {**changes, "VERSION": (f"{model.version}\n", False)}
-    for path, value in changes.items():
-        if value is None:
-            model.files.pop(path, None)
-        else:
-            model.files[path] = value
-    manifest = [f"version={model.version}"] + [
-        f"{path}\t{_sha256(content.encode())}\t{'x' if executable else '-'}"
-        for path, (content, executable) in sorted(model.files.items())]
-    changes[MANIFEST] = ("\n".join(manifest) + "\n", False)
+    changes = model.record(changes)
     write_changes(remote.work, changes)
     sha = remote.commit({}, f"version {model.version}")
     with history.lock:
