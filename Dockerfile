@@ -59,7 +59,7 @@ WORKDIR /tmp
 USER 65532:65532
 EXPOSE 8000
 ENTRYPOINT ["gitsync-reload"]
-CMD ["--link", "/git/app", "--signal", "INT", "--", "python", "demo-app/app.py"]
+CMD ["--link", "/git/app", "--signal", "INT", "--listen", "0.0.0.0:8000", "--", "python", "demo-app/app.py"]
 
 # ---------------------------------------------------------------------------
 # gitsync: the sidecar (default target). git and ssh come from Debian.

@@ -9,11 +9,18 @@ greeting in message.txt (at the top of the tree, or beside this file when the tr
 checkout of this project) and the commit's subject, author and time from git. Settings
 come from the environment: GITSYNC_HASH (set by gitsync-reload), HOST (127.0.0.1),
 PORT (8000).
+
+Under `gitsync-reload --listen HOST:PORT` it serves on the socket handed to it as fd 3
+(systemd's socket activation: LISTEN_FDS, LISTEN_PID) instead of binding HOST:PORT, and
+sends READY=1 to NOTIFY_SOCKET just before it serves, so the old app is stopped only
+once this one is taking requests.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import socket
 import subprocess
 from collections.abc import Mapping
 
@@ -22,6 +29,7 @@ from flask import Flask, jsonify, render_template
 MESSAGE_FILE = "message.txt"
 DEFAULT_MESSAGE = "Hello from gitsync! Edit message.txt, push, and watch this page change."
 MAX_MESSAGE = 500
+LISTEN_FDS_START = 3  # systemd's SD_LISTEN_FDS_START
 
 
 def settings_from_environment(environ: Mapping[str, str]) -> dict:
@@ -30,7 +38,29 @@ def settings_from_environment(environ: Mapping[str, str]) -> dict:
         "HOST": environ.get("HOST", "127.0.0.1"),
         "PORT": int(environ.get("PORT", "8000")),
         "TREE": os.getcwd(),
+        "LISTEN_FD": inherited_fd(environ),
+        "NOTIFY_SOCKET": environ.get("NOTIFY_SOCKET") or None,
     }
+
+
+def inherited_fd(environ: Mapping[str, str]) -> int | None:
+    """fd 3 when a supervisor handed us a listening socket (LISTEN_PID must be our pid)."""
+    if environ.get("LISTEN_PID") != str(os.getpid()) or environ.get("LISTEN_FDS", "0") == "0":
+        return None
+    return LISTEN_FDS_START
+
+
+def notify_ready(address: str | None) -> None:
+    """sd_notify("READY=1"): tell the supervisor we are about to take requests."""
+    if not address:
+        return
+    if address.startswith("@"):  # an abstract socket (Linux)
+        address = "\0" + address[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.sendto(b"READY=1", address)
+        except OSError:
+            pass  # a supervisor that stopped listening does not stop us from serving
 
 
 def read_message(tree: str) -> str:
@@ -96,10 +126,17 @@ def create_app(settings: Mapping | None = None) -> Flask:
 
 
 def main() -> None:
-    from waitress import serve
+    from waitress import create_server
 
+    logging.basicConfig()  # as waitress.serve() does: its warnings reach stderr
     app = create_app()
-    serve(app, host=app.config["HOST"], port=app.config["PORT"])
+    if app.config["LISTEN_FD"] is not None:
+        server = create_server(app, sockets=[socket.socket(fileno=app.config["LISTEN_FD"])])
+    else:
+        server = create_server(app, host=app.config["HOST"], port=app.config["PORT"])
+    server.print_listen("Serving on http://{}:{}")
+    notify_ready(app.config["NOTIFY_SOCKET"])
+    server.run()
 
 
 if __name__ == "__main__":

@@ -8,7 +8,13 @@ working directory at the link's target (resolved at every start, so it never
 keeps running in a tree that is about to be deleted) and GITSYNC_HASH set to the
 published commit, and restarts it when the link moves.
 
-Shape: `Supervisor` owns the child's process group and the signals;
+With --listen HOST:PORT it binds the listening socket once and hands it to every
+command as fd 3 (systemd's socket activation: LISTEN_FDS=1, LISTEN_PID), so the port
+never closes: on a flip the new command starts beside the old one, and the old one
+is told to stop (and finishes its requests) only once the new one says READY=1 on
+its NOTIFY_SOCKET (systemd's sd_notify), or after --ready-timeout.
+
+Shape: `Supervisor` owns the children's process groups and the signals;
 `LinkWatcher` answers the one question "did the link's name change?" by
 watching the link's directory, non-recursively, with watchfiles.
 """
@@ -19,9 +25,13 @@ import argparse
 import ctypes
 import logging
 import os
+import select
+import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -39,10 +49,12 @@ ENV_PREFIX = "GITSYNC_RELOAD_"
 DEFAULT_SIGNAL = signal.SIGTERM
 DEFAULT_RELOAD_SIGNAL = signal.SIGHUP  # with --signal-only: what servers reload on
 DEFAULT_GRACE = 10.0
-DEFAULT_DEBOUNCE = 0.05
+DEFAULT_DEBOUNCE = 0.05  # long enough to fold a burst of flips into one restart
+DEFAULT_READY_TIMEOUT = 10.0
 
-TICK = 0.05  # longest the loop sleeps before looking at the child again
-WATCH_STEP_MS = 20  # watchfiles batches events this long; a flip is seen in ~2 steps
+TICK = 0.05  # longest the loop sleeps before looking at the children again
+STARTING_TICK = 0.01  # ...while a new command starts beside the old one (--listen)
+WATCH_STEP_MS = 10  # watchfiles batches events this long; a flip is seen in ~2 steps (~15 ms)
 WATCH_RETRY = 1.0  # after the watch could not be set up
 BACKOFF_FIRST = 0.5  # delay before restarting a command that ended on its own...
 BACKOFF_MAX = 30.0  # ...doubling up to this...
@@ -50,6 +62,27 @@ HEALTHY_RUN = 10.0  # ...and back to the first delay after a run this long
 KILL_WAIT = 5.0  # how long to wait for the leader after SIGKILL
 GROUP_POLL = 0.01  # a process group has nothing to wait on; look this often while it stops
 PR_SET_CHILD_SUBREAPER = 36
+
+LISTEN_FD = 3  # SD_LISTEN_FDS_START: where socket activation puts the first socket
+LISTEN_BACKLOG = 128  # connections the kernel holds while no command is accepting
+NOTICE_SIZE = 4096  # sd_notify datagrams are a few short KEY=VALUE lines
+
+# systemd's contract: LISTEN_PID is the pid of the process that reads LISTEN_FDS. The
+# pid is known only after fork and the environment is fixed at exec, and code run
+# between the two (preexec_fn) is unsafe in a process with threads, as this one is
+# (watchfiles). So a shim, already running as the command's process, writes its own
+# pid and execs the command in its place: /bin/sh where there is one (1 ms), else
+# this Python (about 25 ms; distroless images have no shell).
+SH_SHIM = ("/bin/sh", "-c", 'LISTEN_PID=$$; export LISTEN_PID; exec "$@"', PROG)
+PYTHON_SHIM_CODE = """\
+import os, sys
+os.environ["LISTEN_PID"] = str(os.getpid())
+try:
+    os.execvp(sys.argv[1], sys.argv[1:])
+except OSError as error:
+    print(f"%s: cannot run {sys.argv[1]}: {error.strerror}", file=sys.stderr)
+    sys.exit(127 if isinstance(error, FileNotFoundError) else 126)
+""" % PROG
 
 TRUE_WORDS = {"1", "true", "yes", "on"}
 FALSE_WORDS = {"0", "false", "no", "off", ""}
@@ -68,12 +101,20 @@ examples:
   # the same settings from the environment (a flag on the command line wins)
   GITSYNC_RELOAD_LINK=/repo/app GITSYNC_RELOAD_GRACE=30s gitsync-reload -- python app.py
 
+  # zero-downtime: hold port 8000 and hand it to each command as fd 3; start the new
+  # one beside the old, stop the old one once the new one sent READY=1
+  gitsync-reload --link /repo/app --listen 0.0.0.0:8000 --signal INT -- python app.py
+
 The command runs in its own process group: stopping it signals the whole group,
 then sends SIGKILL to the group after the grace period. A command that exits on its
 own is started again after 0.5s, 1s, 2s, ... up to 30s (back to 0.5s after a 10s
 run); a publish during that wait starts it at once. SIGTERM, SIGINT or SIGHUP
 stops the command and exits with its status (128+N if signal N ended it); a second
 one skips the grace period.
+
+With --listen the command gets the socket as fd 3 with LISTEN_FDS=1 and LISTEN_PID
+(its own pid), and NOTIFY_SOCKET, a datagram socket to send READY=1 to once it
+serves. A new command that exits before it is ready leaves the old one serving.
 """
 
 
@@ -89,6 +130,8 @@ class ReloadConfig:
     grace: float
     debounce: float
     signal_only: bool
+    listen: tuple[str, int] | None  # with it: hand this socket to each command, overlap restarts
+    ready_timeout: float  # with listen: how long a new command may take to send READY=1
     environ: Mapping[str, str] = field(repr=False, compare=False)  # the command's base environment
 
 
@@ -112,6 +155,8 @@ def build_config(argv: Sequence[str], environ: Mapping[str, str]) -> ReloadConfi
         grace=_parse_seconds(*setting("grace"), default=DEFAULT_GRACE),
         debounce=_parse_seconds(*setting("debounce"), default=DEFAULT_DEBOUNCE),
         signal_only=signal_only,
+        listen=_parse_listen(*setting("listen")),
+        ready_timeout=_parse_seconds(*setting("ready-timeout"), default=DEFAULT_READY_TIMEOUT),
         environ=MappingProxyType(dict(environ)),
     )
 
@@ -125,7 +170,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog=PROG,
         usage=f"{PROG} [--link PATH] [--signal NAME] [--grace DURATION] "
-        "[--debounce DURATION] [--signal-only] -- CMD ARGS...",
+        "[--debounce DURATION] [--signal-only] [--listen HOST:PORT] [--ready-timeout DURATION] -- CMD ARGS...",
         description="Run CMD inside the tree the gitsync link points at; restart it when the link flips.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -160,6 +205,20 @@ def _parser() -> argparse.ArgumentParser:
         help="on a flip, send the signal to CMD itself instead of restarting it, for servers "
         "that reload themselves (env GITSYNC_RELOAD_SIGNAL_ONLY=true; default off)",
     )
+    parser.add_argument(
+        "--listen",
+        metavar="HOST:PORT",
+        help="bind this TCP address once and pass it to CMD as fd 3 (LISTEN_FDS=1, LISTEN_PID); "
+        "on a flip start the new CMD before stopping the old one "
+        "(env GITSYNC_RELOAD_LISTEN; default: off, CMD binds its own port)",
+    )
+    parser.add_argument(
+        "--ready-timeout",
+        metavar="DURATION",
+        help="with --listen: stop the old CMD when the new one sends READY=1 to $NOTIFY_SOCKET, "
+        "or after this long (env GITSYNC_RELOAD_READY_TIMEOUT; "
+        f"default {format_duration(DEFAULT_READY_TIMEOUT)})",
+    )
     parser.add_argument("command", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     return parser
 
@@ -171,6 +230,21 @@ def _parse_link(value: object, name: str) -> str:
     if os.path.dirname(link) == link:
         raise ConfigError(f"{name}: {value!r} is not a symlink path")
     return link
+
+
+def _parse_listen(value: object, name: str) -> tuple[str, int] | None:
+    if value is None or not str(value).strip():
+        return None
+    host, sep, port = str(value).strip().rpartition(":")
+    if not sep:
+        raise ConfigError(f"{name}: expected HOST:PORT, e.g. 0.0.0.0:8000, got {value!r}")
+    try:
+        number = int(port)
+    except ValueError:
+        raise ConfigError(f"{name}: port {port!r} is not a number") from None
+    if not 0 <= number <= 65535:
+        raise ConfigError(f"{name}: port {number} is out of range")
+    return host.strip("[]") or "0.0.0.0", number
 
 
 def _parse_command(words: Sequence[str]) -> tuple[str, ...]:
@@ -253,11 +327,61 @@ def become_subreaper() -> None:
         logger.debug("prctl(PR_SET_CHILD_SUBREAPER) unavailable; orphans go to init")
 
 
+def open_listener(address: tuple[str, int]) -> socket.socket:
+    """Bind and listen once, at LISTEN_FD, where every command will find it; raise OSError."""
+    host, port = address
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.create_server((host, port), family=family, backlog=LISTEN_BACKLOG)  # SO_REUSEADDR
+    if sock.fileno() != LISTEN_FD:
+        # Nothing of ours uses fd 3 this early; whatever a parent left there is not ours either.
+        os.dup2(sock.fileno(), LISTEN_FD, inheritable=False)
+        sock.close()
+        sock = socket.socket(fileno=LISTEN_FD)
+    return sock
+
+
+def exec_shim() -> tuple[str, ...]:
+    """The words put before CMD so that it starts with LISTEN_PID set to its own pid."""
+    if os.access(SH_SHIM[0], os.X_OK):
+        return SH_SHIM
+    return (sys.executable, "-I", "-S", "-c", PYTHON_SHIM_CODE)
+
+
+class Notices:
+    """One command's NOTIFY_SOCKET: a datagram socket it sends sd_notify lines to."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(path)
+        self.sock.setblocking(False)
+
+    def ready(self) -> bool:
+        """Read what has arrived (left unread, the socket fills and blocks the sender); True on READY=1."""
+        ready = False
+        while True:
+            try:
+                data = self.sock.recv(NOTICE_SIZE)
+            except OSError:  # nothing more (BlockingIOError)
+                return ready
+            ready = ready or "READY=1" in data.decode("utf-8", "replace").splitlines()
+
+    def close(self) -> None:
+        self.sock.close()
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+
 @dataclass
 class Child:
     process: subprocess.Popen
     tree: str
     started: float
+    notices: Notices | None = None  # with --listen
+    ready: bool = False  # it sent READY=1
+    stop_by: float | None = None  # once told to stop: when it gets SIGKILL
 
     @property
     def pid(self) -> int:
@@ -267,21 +391,40 @@ class Child:
     def sha(self) -> str:
         return os.path.basename(self.tree)
 
+    def read_notices(self) -> bool:
+        """Read its NOTIFY_SOCKET; True the first time READY=1 is seen."""
+        if self.notices is None or not self.notices.ready() or self.ready:
+            return False
+        self.ready = True
+        return True
+
+    def close(self) -> None:
+        if self.notices is not None:
+            self.notices.close()
+            self.notices = None
+
 
 class Supervisor:
     """Keep CMD running in the link's current tree; subclasses say when the link moved."""
 
-    def __init__(self, config: ReloadConfig):
+    def __init__(self, config: ReloadConfig, listener: socket.socket | None = None):
         self.config = config
+        self.listener = listener  # with --listen: the socket every command inherits as fd 3
         self.should_exit = threading.Event()
         self.force_exit = threading.Event()  # a second SIGTERM/SIGINT: no grace period
-        self.child: Child | None = None
+        self.child: Child | None = None  # the command that serves
+        self.pending: Child | None = None  # with --listen: started beside it, not ready yet
+        self.draining: list[Child] = []  # with --listen: replaced, finishing their requests
         self.tree: str | None = None  # the tree CMD was last started in (or told about)
         self.status = 0  # how the last CMD ended
         self.backoff = BACKOFF_FIRST
         self.restart_at: float | None = None  # set while waiting to start CMD again
         self.touched_at: float | None = None  # the latest link event not yet acted on
         self.waiting_logged = False
+        self.shim = exec_shim() if listener is not None else ()
+        self.notice_dir: str | None = None  # holds each command's NOTIFY_SOCKET
+        self.spawned = 0  # names each NOTIFY_SOCKET
+        self.link_seen: str | None = None  # the link's target, as wait_for_ready() last saw it
 
     def install_signal_handlers(self) -> None:
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -295,13 +438,17 @@ class Supervisor:
     def run(self) -> int:
         become_subreaper()
         self.warn_if_not_a_symlink()
+        if self.listener is not None:
+            self.notice_dir = tempfile.mkdtemp(prefix=f"{PROG}-")
         try:
             for touched in self:
                 if touched:
                     self.touched_at = time.monotonic()
                 self.tend()
         finally:
-            self.stop("shutting down")  # also on an unexpected error: never leave CMD behind
+            self.stop_all("shutting down")  # also on an unexpected error: never leave CMD behind
+            if self.notice_dir is not None:
+                shutil.rmtree(self.notice_dir, ignore_errors=True)
         return self.status
 
     def __iter__(self) -> Supervisor:
@@ -310,18 +457,34 @@ class Supervisor:
     def __next__(self) -> bool:
         if self.should_exit.is_set():
             raise StopIteration
+        if self.pending is not None and self.pending.notices is not None:
+            return self.wait_for_ready(self.pending.notices)
         return self.link_touched()
+
+    def wait_for_ready(self, notices: Notices) -> bool:
+        """While a new command starts: wake as soon as it writes to its NOTIFY_SOCKET, and
+        look at the link every STARTING_TICK (the watcher keeps its events meanwhile)."""
+        select.select([notices.sock], [], [], STARTING_TICK)
+        tree = resolve_tree(self.config.link)
+        moved, self.link_seen = tree != self.link_seen, tree
+        return moved
 
     def link_touched(self) -> bool:
         """Wait up to about TICK; True if something happened to the link's name."""
         raise NotImplementedError("watching strategies override link_touched()")
 
+    def children(self) -> list[Child]:
+        return [child for child in (self.child, self.pending, *self.draining) if child is not None]
+
     def tend(self) -> None:
         self.reap_orphans()
+        self.read_notices()
         self.notice_exit()
+        self.notice_pending()
+        self.notice_drained()
         if self.link_settled():
             self.follow_link()
-        if self.child is None and self.start_due():
+        if self.start_due():
             self.start()
 
     def link_settled(self) -> bool:
@@ -336,23 +499,38 @@ class Supervisor:
         if tree is None or tree == self.tree:
             return  # clean-up, temporary links, or a link that went away: keep what runs
         sha = os.path.basename(tree)
+        if self.restart_at is not None:
+            logger.info("link moved to %s; starting now instead of waiting", sha)
+            self.restart_at = None
         if self.child is None:
-            if self.restart_at is not None:
-                logger.info("link moved to %s; starting now instead of waiting", sha)
-                self.restart_at = None
-        elif self.config.signal_only:
+            return  # start_due(): nothing runs, so it starts at once
+        if self.config.signal_only:
             # To the leader only, as systemd's reload does: a server's master reloads its
             # workers gracefully, while a worker sent HUP directly just dies.
             logger.info("link moved to %s; sending %s to pid %s", sha, self.config.signal.name, self.child.pid)
             self.signal_leader(self.child, self.config.signal)
             self.tree = tree
+        elif self.listener is not None:
+            self.start_beside(sha)
         else:
             self.stop(f"link moved to {sha}")
 
+    def start_beside(self, sha: str) -> None:
+        """Start the new command while the old one serves; notice_pending() swaps them."""
+        if self.pending is not None:
+            logger.info("link moved to %s; stopping pid %s (%s), which was not ready yet",
+                        sha, self.pending.pid, self.pending.sha)
+            self.drain(self.pending)  # it may be accepting already
+            self.pending = None
+        logger.info("link moved to %s; starting it beside pid %s (%s)", sha, self.child.pid, self.child.sha)
+        self.start()
+
     def start_due(self) -> bool:
-        if self.should_exit.is_set():
+        if self.should_exit.is_set() or self.pending is not None:
             return False
-        return self.restart_at is None or time.monotonic() >= self.restart_at
+        if self.restart_at is not None:
+            return time.monotonic() >= self.restart_at
+        return self.child is None
 
     def start(self) -> None:
         tree = resolve_tree(self.config.link)
@@ -363,19 +541,45 @@ class Supervisor:
         self.tree, self.restart_at = tree, None
         sha = os.path.basename(tree)
         try:
-            process = subprocess.Popen(
-                self.config.command,
-                cwd=tree,
-                env={**self.config.environ, "GITSYNC_HASH": sha},
-                start_new_session=True,  # its own process group, so stopping reaches grandchildren
-            )
+            child = self.spawn(tree, sha)
         except OSError as error:
             logger.error("cannot start %s in %s: %s", self.config.command[0], tree, error)
             self.status = 127 if isinstance(error, FileNotFoundError) else 126
             self.schedule_restart(ran_for=0.0)
             return
-        self.child = Child(process, tree, time.monotonic())
-        logger.info("started pid %s in %s (GITSYNC_HASH=%s): %s", process.pid, tree, sha, " ".join(self.config.command))
+        if self.child is None:
+            self.child = child
+        else:
+            self.pending = child
+        logger.info("started pid %s in %s (GITSYNC_HASH=%s): %s", child.pid, tree, sha, " ".join(self.config.command))
+
+    def spawn(self, tree: str, sha: str) -> Child:
+        environ = {**self.config.environ, "GITSYNC_HASH": sha}
+        if self.listener is None:
+            process = subprocess.Popen(
+                self.config.command,
+                cwd=tree,
+                env=environ,
+                start_new_session=True,  # its own process group, so stopping reaches grandchildren
+            )
+            return Child(process, tree, time.monotonic())
+        self.spawned += 1
+        notices = Notices(os.path.join(self.notice_dir, f"notify-{self.spawned}"))
+        for name in ("LISTEN_PID", "LISTEN_FDNAMES"):  # the shim sets LISTEN_PID; no names are passed
+            environ.pop(name, None)
+        environ.update(LISTEN_FDS="1", NOTIFY_SOCKET=notices.path)
+        try:
+            process = subprocess.Popen(
+                (*self.shim, *self.config.command),
+                cwd=tree,
+                env=environ,
+                start_new_session=True,
+                pass_fds=(LISTEN_FD,),
+            )
+        except OSError:
+            notices.close()
+            raise
+        return Child(process, tree, time.monotonic(), notices)
 
     def log_waiting(self) -> None:
         if not self.waiting_logged:
@@ -385,6 +589,11 @@ class Supervisor:
     def warn_if_not_a_symlink(self) -> None:
         if os.path.lexists(self.config.link) and not os.path.islink(self.config.link):
             logger.warning("%s is not a symlink; it will never flip", self.config.link)
+
+    def read_notices(self) -> None:
+        for child in self.children():
+            if child.read_notices() and child is self.child:
+                logger.info("pid %s is ready", child.pid)
 
     def notice_exit(self) -> None:
         if self.child is None or self.child.process.poll() is None:
@@ -396,7 +605,51 @@ class Supervisor:
             child.pid, exit_status(child.process.returncode), ran_for,
         )
         self.status = self.end_group(child)  # its leader is gone; the rest of the group goes too
-        self.schedule_restart(ran_for)
+        if self.pending is None:
+            self.schedule_restart(ran_for)  # else the one starting takes over
+
+    def notice_pending(self) -> None:
+        pending = self.pending
+        if pending is None:
+            return
+        if pending.process.poll() is not None:
+            self.pending = None
+            ran_for = time.monotonic() - pending.started
+            logger.warning(
+                "pid %s exited with status %s after %.1fs, before it was ready%s",
+                pending.pid, exit_status(pending.process.returncode), ran_for,
+                f"; pid {self.child.pid} ({self.child.sha}) goes on serving" if self.child else "",
+            )
+            self.status = self.end_group(pending)
+            self.schedule_restart(ran_for)
+        elif pending.ready:
+            self.take_over(f"pid {pending.pid} is ready")
+        elif self.child is None:
+            self.take_over(f"pid {pending.pid} is the only one left")
+        elif time.monotonic() - pending.started >= self.config.ready_timeout:
+            self.take_over(f"pid {pending.pid} sent no READY=1 in {format_duration(self.config.ready_timeout)}")
+
+    def take_over(self, reason: str) -> None:
+        """The pending command serves from now on; the old one stops, finishing its requests."""
+        old, self.child, self.pending = self.child, self.pending, None
+        if old is None:
+            logger.info("%s", reason)
+            return
+        logger.info("%s; stopping pid %s (%s)", reason, old.pid, old.sha)
+        self.drain(old)
+
+    def drain(self, child: Child) -> None:
+        self.signal_stop(child)
+        self.draining.append(child)
+
+    def notice_drained(self) -> None:
+        for child in list(self.draining):
+            if child.process.poll() is not None and not group_alive(child.pid):
+                self.draining.remove(child)
+                self.log_ended(child)
+            elif self.force_exit.is_set() or time.monotonic() >= child.stop_by:
+                self.draining.remove(child)
+                self.kill_group(child)
 
     def schedule_restart(self, ran_for: float) -> None:
         if ran_for >= HEALTHY_RUN:
@@ -412,6 +665,20 @@ class Supervisor:
         logger.info("stopping pid %s (%s): %s", child.pid, child.sha, reason)
         self.status = self.end_group(child)
 
+    def stop_all(self, reason: str) -> None:
+        """Signal every command at once, then wait for each; the status is the serving one's."""
+        for child in (self.pending, self.child):
+            if child is not None:
+                logger.info("stopping pid %s (%s): %s", child.pid, child.sha, reason)
+                self.signal_stop(child)
+        for child in (self.pending, *self.draining):
+            if child is not None:
+                self.finish_stop(child)
+        self.pending, self.draining = None, []
+        if self.child is not None:
+            self.status = self.finish_stop(self.child)
+            self.child = None
+
     @property
     def stop_signal(self) -> signal.Signals:
         # With --signal-only the signal means "reload", so stopping takes SIGTERM.
@@ -420,14 +687,32 @@ class Supervisor:
     def end_group(self, child: Child) -> int:
         """Signal the child's whole group, SIGKILL it after the grace period; its exit status."""
         if child.process.poll() is not None and not group_alive(child.pid):
+            child.close()
             return exit_status(child.process.returncode)
-        self.signal_group(child, self.stop_signal)
-        if not self.wait_for_group(child, self.config.grace):
-            logger.warning("process group %s still running; sending SIGKILL", child.pid)
-            self.signal_group(child, signal.SIGKILL)
-            self.wait_for_leader(child)
-        logger.info("pid %s ended with status %s", child.pid, exit_status(child.process.returncode))
+        self.signal_stop(child)
+        return self.finish_stop(child)
+
+    def signal_stop(self, child: Child) -> None:
+        child.stop_by = time.monotonic() + self.config.grace
+        if child.process.poll() is None or group_alive(child.pid):
+            self.signal_group(child, self.stop_signal)
+
+    def finish_stop(self, child: Child) -> int:
+        if not self.wait_for_group(child, child.stop_by - time.monotonic()):
+            self.kill_group(child)
+        else:
+            self.log_ended(child)
         return exit_status(child.process.returncode)
+
+    def kill_group(self, child: Child) -> None:
+        logger.warning("process group %s still running; sending SIGKILL", child.pid)
+        self.signal_group(child, signal.SIGKILL)
+        self.wait_for_leader(child)
+        self.log_ended(child)
+
+    def log_ended(self, child: Child) -> None:
+        child.close()
+        logger.info("pid %s ended with status %s", child.pid, exit_status(child.process.returncode))
 
     def signal_group(self, child: Child, signum: signal.Signals) -> None:
         try:
@@ -458,7 +743,7 @@ class Supervisor:
 
     def reap_orphans(self, *also: Child) -> None:
         """Collect exited descendants that were re-parented to us, leaving our own children to Popen."""
-        ours = {child.pid: child for child in (self.child, *also) if child is not None}
+        ours = {child.pid: child for child in (*self.children(), *also)}
         while True:
             try:
                 info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
@@ -483,8 +768,8 @@ class LinkWatcher(Supervisor):
     the link's name. The directory may appear later; the watch then starts on it.
     """
 
-    def __init__(self, config: ReloadConfig):
-        super().__init__(config)
+    def __init__(self, config: ReloadConfig, listener: socket.socket | None = None):
+        super().__init__(config, listener)
         self.directory, self.name = os.path.split(config.link)
         self.watcher = None
         self.watched: tuple[int, int] | None = None  # (device, inode) of the watched directory
@@ -548,9 +833,21 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     except ConfigError as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return 2
+    listener = None
+    if config.listen is not None:
+        host, port = config.listen
+        try:
+            listener = open_listener(config.listen)
+        except OSError as error:
+            print(f"{PROG}: error: --listen {host}:{port}: cannot listen: {error.strerror or error}", file=sys.stderr)
+            return 1
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {PROG} %(levelname)s %(message)s")
     logging.getLogger("watchfiles").setLevel(logging.WARNING)  # it logs every batch at INFO
-    supervisor = LinkWatcher(config)
+    if listener is not None:
+        host, port = listener.getsockname()[:2]
+        logger.info("listening on %s:%s; each command gets the socket as fd %s",
+                    f"[{host}]" if ":" in host else host, port, LISTEN_FD)
+    supervisor = LinkWatcher(config, listener)
     supervisor.install_signal_handlers()
     return supervisor.run()
 

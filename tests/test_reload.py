@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import collections
+import http.client
 import json
 import os
 import re
@@ -10,13 +12,14 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-from gitsync.reload import ConfigError, build_config
+from gitsync.reload import PYTHON_SHIM_CODE, SH_SHIM, ConfigError, build_config
 
 REPO = Path(__file__).resolve().parents[1]
 WATCHFILES = Path(sys.executable).with_name("watchfiles")
@@ -28,7 +31,8 @@ import json, os, signal, subprocess, sys, time
 
 def record(event, **extra):
     line = json.dumps({"event": event, "pid": os.getpid(), "pgid": os.getpgid(0), "cwd": os.getcwd(),
-                       "hash": os.environ.get("GITSYNC_HASH"), "time": time.time(), **extra})
+                       "hash": os.environ.get("GITSYNC_HASH"), "listen_fds": os.environ.get("LISTEN_FDS"),
+                       "time": time.time(), **extra})
     with open(os.environ["RECORD"], "a") as out:
         out.write(line + "\n")
 
@@ -217,6 +221,17 @@ def test_config_defaults_and_command():
     assert config.link == os.path.abspath("root/app")
     assert config.command == ("python", "app.py", "--port", "1")
     assert (config.signal, config.grace, config.debounce, config.signal_only) == (signal.SIGTERM, 10.0, 0.05, False)
+    assert (config.listen, config.ready_timeout) == (None, 10.0)
+
+
+@pytest.mark.parametrize(
+    "text, address",
+    [("127.0.0.1:8000", ("127.0.0.1", 8000)), (":8000", ("0.0.0.0", 8000)), ("[::1]:0", ("::1", 0)), ("", None)],
+)
+def test_config_listen_address(text, address):
+    assert build_config(["--link", "a", "--listen", text, "--", "x"], {}).listen == address
+    from_env = build_config(["--link", "a", "--", "x"], {"GITSYNC_RELOAD_LISTEN": text, "GITSYNC_RELOAD_READY_TIMEOUT": "2s"})
+    assert (from_env.listen, from_env.ready_timeout) == (address, 2.0)
 
 
 def test_config_from_environment_and_flags_win():
@@ -259,6 +274,11 @@ def test_config_signal_only_defaults_to_hup():
         (["--link", "a", "--bogus", "--", "x"], {}, "--bogus"),
         (["--link", "a", "--", "x"], {"GITSYNC_RELOAD_GRACE": "1y"}, "GITSYNC_RELOAD_GRACE"),
         (["--link", "a", "--", "x"], {"GITSYNC_RELOAD_SIGNAL_ONLY": "maybe"}, "--signal-only"),
+        (["--link", "a", "--listen", "8000", "--", "x"], {}, "--listen"),
+        (["--link", "a", "--listen", "localhost:http", "--", "x"], {}, "--listen"),
+        (["--link", "a", "--listen", "127.0.0.1:65536", "--", "x"], {}, "--listen"),
+        (["--link", "a", "--", "x"], {"GITSYNC_RELOAD_LISTEN": "nohost"}, "GITSYNC_RELOAD_LISTEN"),
+        (["--link", "a", "--ready-timeout", "soon", "--", "x"], {}, "--ready-timeout"),
     ],
 )
 def test_bad_settings_exit_2_with_one_line(tmp_path, argv, env, named):
@@ -284,6 +304,7 @@ def test_starts_in_link_target_with_hash_in_own_group(trees, start_reload):
     assert start["cwd"] == trees.tree(sha)
     assert start["hash"] == sha
     assert start["pgid"] == start["pid"] != os.getpgid(0)
+    assert start["listen_fds"] is None  # no socket hand-off without --listen
     assert f"started pid {start['pid']}" in reloader.log()
 
 
@@ -429,6 +450,230 @@ def test_signal_only_sends_hup_to_the_command_and_does_not_restart(trees, start_
     assert [r["event"] for r in reloader.records()] == ["start", "SIGHUP", "SIGTERM"]
 
 
+# --- --listen: one socket, handed to each command ------------------------------------------------
+
+
+# A server for the hand-off tests: serves on fd 3, says READY=1 after START_DELAY, records
+# what it got, and on SIGINT/SIGTERM stops accepting and finishes the requests in flight.
+LISTEN_APP = r"""
+import json, os, signal, socket, sys, threading, time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+def record(event, **extra):
+    line = json.dumps({"event": event, "pid": os.getpid(), "hash": os.environ.get("GITSYNC_HASH"),
+                       "time": time.time(), **extra})
+    with open(os.environ["RECORD"], "a") as out:
+        out.write(line + "\n")
+
+if os.path.exists("broken"):  # a tree whose app dies before it serves
+    record("start")
+    sys.exit(3)
+sock = socket.socket(fileno=3)
+record("start", listen_fds=os.environ.get("LISTEN_FDS"), listen_pid=os.environ.get("LISTEN_PID"),
+       address=list(sock.getsockname()[:2]),
+       listening=sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN))
+sock.setblocking(False)  # shared with the other app for a moment: a lost accept race must not block
+
+class Handler(BaseHTTPRequestHandler):
+    def do_GET(self):
+        if self.path == "/slow":
+            time.sleep(float(os.environ.get("SLOW", "1")))
+        body = json.dumps({"pid": os.getpid(), "hash": os.environ.get("GITSYNC_HASH")}).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+        if self.path == "/slow":
+            record("served slow")
+
+    def log_message(self, *args):
+        pass
+
+server = ThreadingHTTPServer(("127.0.0.1", 0), Handler, bind_and_activate=False)
+server.socket.close()
+server.socket = sock
+server.daemon_threads = False  # so server_close() waits for the requests in flight
+stop = threading.Event()
+
+def on_signal(signum, frame):
+    record(signal.Signals(signum).name)
+    stop.set()
+
+for signum in (signal.SIGINT, signal.SIGTERM):
+    signal.signal(signum, on_signal)
+time.sleep(float(os.environ.get("START_DELAY", "0")))
+threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}).start()
+record("ready")
+socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(b"READY=1", os.environ["NOTIFY_SOCKET"])
+stop.wait()
+server.shutdown()
+server.server_close()
+record("exit")
+"""
+
+
+@pytest.fixture
+def listen_app(tmp_path) -> Path:
+    path = tmp_path / "listen_app.py"
+    path.write_text(LISTEN_APP)
+    return path
+
+
+def fetch(port: int, path: str = "/") -> dict:
+    """One GET on a fresh connection: the JSON body, or what went wrong."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        body = response.read()
+        if response.status != 200:
+            return {"error": f"HTTP {response.status}"}
+        return json.loads(body)
+    except (OSError, http.client.HTTPException) as error:
+        return {"error": type(error).__name__}
+    finally:
+        connection.close()
+
+
+class RequestLoop(threading.Thread):
+    """GET / every 10 ms on fresh connections until stopped, at most `limit` times; counts outcomes."""
+
+    def __init__(self, port: int, limit: int = 800):
+        super().__init__(daemon=True)
+        self.port, self.limit = port, limit
+        self.halt = threading.Event()
+        self.outcomes: collections.Counter = collections.Counter()
+        self.last: dict = {}
+
+    def run(self) -> None:
+        for _ in range(self.limit):
+            if self.halt.is_set():
+                return
+            self.last = fetch(self.port)
+            self.outcomes[self.last.get("error", "ok")] += 1
+            time.sleep(0.01)
+
+    def finish(self) -> collections.Counter:
+        self.halt.set()
+        self.join(timeout=30)
+        return self.outcomes
+
+
+def start_listening(start_reload, trees: Trees, app: Path, *options: str, env: dict | None = None):
+    port = free_port()
+    reloader = start_reload(
+        "--link", str(trees.link), "--listen", f"127.0.0.1:{port}", "--signal", "INT", *options,
+        command=[sys.executable, str(app)], env=env,
+    )
+    wait_for(lambda: reloader.records("ready"), "the first app to be ready", reloader=reloader)
+    return reloader, port
+
+
+def event_of(reloader: Reloader, pid: int, event: str) -> dict:
+    [found] = [r for r in reloader.records(event) if r["pid"] == pid]
+    return found
+
+
+@pytest.mark.parametrize(
+    "shim", [SH_SHIM, (sys.executable, "-I", "-S", "-c", PYTHON_SHIM_CODE)], ids=["sh", "python"],
+)
+def test_exec_shim_sets_listen_pid_to_the_command_own_pid(shim):
+    probe = "import os; print(os.environ['LISTEN_PID'] == str(os.getpid()), os.getppid())"
+    result = subprocess.run([*shim, sys.executable, "-c", probe], capture_output=True, text=True, timeout=30)
+    assert result.stdout.split() == ["True", str(os.getpid())], result.stderr  # exec'd in place, no extra process
+    missing = subprocess.run([*shim, "no-such-command-gitsync"], capture_output=True, text=True, timeout=30)
+    assert missing.returncode == 127
+    assert len(missing.stderr.strip().splitlines()) == 1 and "no-such-command-gitsync" in missing.stderr
+
+
+def test_listen_hands_the_socket_to_the_command_as_fd_3(trees, start_reload, listen_app):
+    sha = trees.make()
+    trees.flip(sha)
+    reloader, port = start_listening(start_reload, trees, listen_app)
+    [start] = reloader.starts()
+    assert start["listen_fds"] == "1" and start["listen_pid"] == str(start["pid"])
+    assert start["address"] == ["127.0.0.1", port] and start["listening"] == 1
+    assert fetch(port) == {"pid": start["pid"], "hash": sha}
+    assert f"listening on 127.0.0.1:{port}" in reloader.log()
+    reloader.wait_log(f"pid {start['pid']} is ready")  # its READY=1 arrived
+
+
+def test_listen_busy_port_exits_1_with_one_line(tmp_path):
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        port = busy.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "gitsync.reload", "--link", str(tmp_path / "app"),
+             "--listen", f"127.0.0.1:{port}", "--", "true"],
+            cwd=tmp_path, capture_output=True, text=True, timeout=30,
+        )
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"--listen 127.0.0.1:{port}" in lines[0], result.stderr
+
+
+def test_listen_new_command_is_ready_before_the_old_one_stops_and_drains(trees, start_reload, listen_app):
+    first, second = trees.make(), trees.make()
+    trees.flip(first)
+    reloader, port = start_listening(start_reload, trees, listen_app, env={"START_DELAY": "0.3", "SLOW": "1"})
+    [old] = reloader.starts()
+    slow: dict = {}
+    request = threading.Thread(target=lambda: slow.update(fetch(port, "/slow")))
+    request.start()  # only the old app runs: the request is in its hands
+    time.sleep(0.1)
+    trees.flip(second)
+    new = reloader.wait_starts(2)[1]
+    wait_for(lambda: reloader.records("exit"), "the old app to exit", reloader=reloader)
+    request.join(timeout=10)
+
+    assert new["hash"] == second and new["listen_pid"] == str(new["pid"])
+    new_ready, old_signal = event_of(reloader, new["pid"], "ready"), event_of(reloader, old["pid"], "SIGINT")
+    assert new_ready["time"] < old_signal["time"]  # the old one was told to stop only once the new one served
+    # It was signalled with the request in hand, finished it, and only then exited.
+    assert old_signal["time"] < event_of(reloader, old["pid"], "served slow")["time"]
+    assert slow == {"pid": old["pid"], "hash": first}
+    assert event_of(reloader, old["pid"], "served slow")["time"] <= event_of(reloader, old["pid"], "exit")["time"]
+    assert fetch(port) == {"pid": new["pid"], "hash": second}
+    wait_for(lambda: gone(old["pid"]), "the old app to be reaped", reloader=reloader)
+    assert alive(new["pid"])
+
+
+def test_listen_new_command_that_dies_leaves_the_old_one_serving(trees, start_reload, listen_app):
+    good, broken, fixed = trees.make(), trees.make(), trees.make()
+    (trees.root / ".worktrees" / broken / "broken").write_text("")
+    trees.flip(good)
+    reloader, port = start_listening(start_reload, trees, listen_app)
+    [old] = reloader.starts()
+    trees.flip(broken)
+    reloader.wait_log("before it was ready")
+    assert f"pid {old['pid']} ({good}) goes on serving" in reloader.log()
+    assert "starting it again in 500ms" in reloader.log()
+    assert fetch(port) == {"pid": old["pid"], "hash": good}
+    trees.flip(fixed)  # a publish cuts the back-off wait short
+    wait_for(lambda: fetch(port).get("hash") == fixed, "the fixed tree to serve", reloader=reloader)
+    wait_for(lambda: gone(old["pid"]), "the old app to be gone", reloader=reloader)
+
+
+def test_listen_burst_of_flips_under_requests_refuses_no_connection(trees, start_reload, listen_app):
+    shas = [trees.make() for _ in range(6)]
+    trees.flip(shas[0])
+    reloader, port = start_listening(start_reload, trees, listen_app, env={"START_DELAY": "0.15"})
+    requests = RequestLoop(port)
+    requests.start()
+    try:
+        for sha in shas[1:]:  # some flips land while the previous new app is still starting
+            time.sleep(0.2)
+            trees.flip(sha)
+        wait_for(lambda: requests.last.get("hash") == shas[-1], "the newest tree to serve", reloader=reloader)
+        time.sleep(0.2)
+    finally:
+        outcomes = requests.finish()
+    assert outcomes["ok"] > 50 and set(outcomes) == {"ok"}, outcomes  # nothing refused, reset or lost
+    assert "was not ready yet" in reloader.log() or reloader.log().count("is ready; stopping") >= 2
+    last = reloader.starts()[-1]
+    wait_for(lambda: all(gone(s["pid"]) for s in reloader.starts()[:-1]), "the replaced apps to end", reloader=reloader)
+    assert last["hash"] == shas[-1] and alive(last["pid"])
+
+
 # --- the watcher recipe in README.md -------------------------------------------------------
 
 
@@ -485,17 +730,21 @@ def get_json(url: str):
         return None
 
 
-def test_demo_app_serves_each_published_tree(trees, start_reload):
+@pytest.mark.parametrize("listen", [False, True], ids=["own-port", "listen"])
+def test_demo_app_serves_each_published_tree(trees, start_reload, listen):
     first, second = trees.make("Hello, first"), trees.make("Hello, second")
     trees.flip(first)
     port = free_port()
     app = str(REPO / "demo-app" / "app.py")
+    handoff = ("--listen", f"127.0.0.1:{port}") if listen else ()
     reloader = start_reload(
-        "--link", str(trees.link), "--signal", "INT", "--grace", "5s",
-        command=[sys.executable, app], env={"PORT": str(port)},
+        "--link", str(trees.link), "--signal", "INT", "--grace", "5s", *handoff,
+        command=[sys.executable, app], env={"PORT": "1" if listen else str(port)},  # with --listen PORT is unused
     )
     url = f"http://127.0.0.1:{port}/version"
     assert wait_for(lambda: get_json(url), "the demo app", 20, reloader) == {"commit": first, "message": "Hello, first"}
     trees.flip(second)
-    wait_for(lambda: (get_json(url) or {}).get("commit") == second, "the second commit", 20, reloader)
-    assert get_json(url)["message"] == "Hello, second"
+    # One answer with both: with --listen the two apps may take turns for a moment.
+    wait_for(lambda: get_json(url) == {"commit": second, "message": "Hello, second"}, "the second commit", 20, reloader)
+    if listen:  # it served on the socket it was handed and said READY=1, which stopped the old one
+        reloader.wait_log("is ready; stopping pid")
