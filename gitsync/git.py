@@ -142,7 +142,7 @@ class GitRunner:
             out, err = proc.communicate(timeout=timeout)
             status: int | None = proc.returncode
         except subprocess.TimeoutExpired:
-            _kill_group(proc)
+            kill_group(proc)
             out, err = proc.communicate()
             status = None
         finally:
@@ -156,7 +156,7 @@ class GitRunner:
         with self._running_lock:
             running = list(self._running)
         for proc in running:
-            _kill_group(proc)
+            kill_group(proc)
 
     def _one_line(self, stderr: str) -> str:
         lines = [line.strip() for line in self.scrub(stderr).splitlines() if line.strip()]
@@ -316,7 +316,8 @@ def _subcommand(args: Sequence[str]) -> str:
     return rest[0] if rest else "git"
 
 
-def _kill_group(proc: subprocess.Popen) -> None:
+def kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL a process started with start_new_session, and every helper in its group."""
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):

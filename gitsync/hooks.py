@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import subprocess
 import threading
 import time
-import uuid
 from pathlib import Path
 from typing import Mapping, Protocol
 
@@ -24,7 +22,8 @@ from urllib3.util.retry import Retry
 
 from .auth import PASSWORD_VARIABLE, USERNAME_VARIABLE
 from .engine import SyncResult
-from .git import redact_url
+from .git import kill_group, redact_url
+from .publish import write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -33,14 +32,6 @@ _SECRET_VARIABLES = frozenset({"GITSYNC_PASSWORD", "GITSYNC_RECEIVER_SECRET", "G
                                "GIT_ASKPASS", "SSH_ASKPASS", "GIT_CONFIG_PARAMETERS",
                                USERNAME_VARIABLE, PASSWORD_VARIABLE})
 _OUTPUT_LIMIT = 300
-
-
-def write_atomically(path: Path, text: str) -> None:
-    """Readers of `path` see the old text or the new, never half of it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    temp.write_text(text)
-    os.replace(temp, path)
 
 
 class TouchFile:
@@ -208,7 +199,7 @@ class ExecHook:
         try:
             output, _ = proc.communicate(timeout=self.timeout)
         except subprocess.TimeoutExpired:
-            _kill_group(proc)
+            kill_group(proc)
             _reap(proc)
             raise HookError(f"{self.command} killed after the timeout "
                             f"({self.timeout:g}s)") from None
@@ -240,7 +231,7 @@ class ExecHook:
             self._cancelled = True
             proc = self._proc
         if proc is not None:
-            _kill_group(proc)
+            kill_group(proc)
 
 
 class WebHook:
@@ -306,10 +297,3 @@ def _reap(proc: subprocess.Popen) -> None:
     except subprocess.TimeoutExpired:
         proc.stdout.close()
         proc.wait()
-
-
-def _kill_group(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass

@@ -350,7 +350,7 @@ class Publisher:
 
     def _remember_left(self, sha: str) -> None:
         self._left_at[sha] = time.monotonic()
-        _write_atomically(self.repo.git_dir / PREVIOUS_FILE, sha)
+        write_atomically(self.repo.git_dir / PREVIOUS_FILE, sha)
 
     def _previous_sha(self) -> str | None:
         try:
@@ -412,7 +412,9 @@ def _exchange(a: Path, b: Path) -> bool:
     return result == 0
 
 
-def _write_atomically(path: Path, text: str) -> None:
+def write_atomically(path: Path, text: str) -> None:
+    """Readers of `path` see the old text or the new, never half of it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
     temp.write_text(text)
     os.replace(temp, path)
