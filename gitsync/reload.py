@@ -40,6 +40,7 @@ from types import MappingProxyType
 
 import watchfiles
 
+from gitsync import preload
 from gitsync.durations import format_duration, parse_duration
 
 logger = logging.getLogger(__name__)
@@ -51,6 +52,9 @@ DEFAULT_RELOAD_SIGNAL = signal.SIGHUP  # with --signal-only: what servers reload
 DEFAULT_GRACE = 10.0
 DEFAULT_DEBOUNCE = 0.05  # long enough to fold a burst of flips into one restart
 DEFAULT_READY_TIMEOUT = 10.0
+SPARE_DELAY = 1.0  # after a start, warm the next interpreter this much later, or at READY=1 (--preload)
+SPARE_RETRY = 30.0  # after a spare failed once it had worked, wait this long before the next
+WARM_WAIT = 10.0  # a start waits this long for a spare still importing, then starts cold
 
 TICK = 0.05  # longest the loop sleeps before looking at the children again
 STARTING_TICK = 0.01  # ...while a new command starts beside the old one (--listen)
@@ -84,6 +88,9 @@ except OSError as error:
     sys.exit(127 if isinstance(error, FileNotFoundError) else 126)
 """ % PROG
 
+# Set for each command by gitsync-reload, never passed on from its own environment.
+PER_COMMAND_ENV = ("GITSYNC_HASH", "LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", "NOTIFY_SOCKET")
+
 TRUE_WORDS = {"1", "true", "yes", "on"}
 FALSE_WORDS = {"0", "false", "no", "off", ""}
 
@@ -105,6 +112,10 @@ examples:
   # one beside the old, stop the old one once the new one sent READY=1
   gitsync-reload --link /repo/app --listen 0.0.0.0:8000 --signal INT -- python app.py
 
+  # start each new app in an interpreter that imported Flask and waitress beforehand
+  gitsync-reload --link /repo/app --listen 0.0.0.0:8000 --signal INT \\
+      --preload flask,waitress -- python app.py
+
 The command runs in its own process group: stopping it signals the whole group,
 then sends SIGKILL to the group after the grace period. A command that exits on its
 own is started again after 0.5s, 1s, 2s, ... up to 30s (back to 0.5s after a 10s
@@ -115,11 +126,20 @@ one skips the grace period.
 With --listen the command gets the socket as fd 3 with LISTEN_FDS=1 and LISTEN_PID
 (its own pid), and NOTIFY_SOCKET, a datagram socket to send READY=1 to once it
 serves. A new command that exits before it is ready leaves the old one serving.
+
+With --preload, CMD must be `python [OPTIONS] SCRIPT` or `python [OPTIONS] -m MODULE`.
+One spare interpreter (CMD's python) imports the modules ahead of time and waits; each
+start runs the script in it, in the new tree, and a new spare follows. List installed
+packages only: the spare imports before the tree it will run exists.
 """
 
 
 class ConfigError(Exception):
     """A bad or missing setting; the message is the one line shown to the user."""
+
+
+class NotStarted(Exception):
+    """A start was called off: gitsync-reload is exiting."""
 
 
 @dataclass(frozen=True)
@@ -132,6 +152,8 @@ class ReloadConfig:
     signal_only: bool
     listen: tuple[str, int] | None  # with it: hand this socket to each command, overlap restarts
     ready_timeout: float  # with listen: how long a new command may take to send READY=1
+    preload: tuple[str, ...]  # modules a spare interpreter imports ahead of each start
+    python: preload.PythonCommand | None  # CMD split as Python reads it (with preload)
     environ: Mapping[str, str] = field(repr=False, compare=False)  # the command's base environment
 
 
@@ -148,15 +170,21 @@ def build_config(argv: Sequence[str], environ: Mapping[str, str]) -> ReloadConfi
 
     signal_only = _parse_bool(*setting("signal-only"))
     default_signal = DEFAULT_RELOAD_SIGNAL if signal_only else DEFAULT_SIGNAL
+    command = _parse_command(args.command)
+    modules = _parse_preload(*setting("preload"))
+    if modules and signal_only:
+        raise ConfigError("--preload warms the next start, and --signal-only never restarts CMD: use one of them")
     return ReloadConfig(
         link=_parse_link(*setting("link")),
-        command=_parse_command(args.command),
+        command=command,
         signal=_parse_signal(*setting("signal"), default=default_signal),
         grace=_parse_seconds(*setting("grace"), default=DEFAULT_GRACE),
         debounce=_parse_seconds(*setting("debounce"), default=DEFAULT_DEBOUNCE),
         signal_only=signal_only,
         listen=_parse_listen(*setting("listen")),
         ready_timeout=_parse_seconds(*setting("ready-timeout"), default=DEFAULT_READY_TIMEOUT),
+        preload=modules,
+        python=_parse_python_command(command) if modules else None,
         environ=MappingProxyType(dict(environ)),
     )
 
@@ -170,7 +198,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog=PROG,
         usage=f"{PROG} [--link PATH] [--signal NAME] [--grace DURATION] "
-        "[--debounce DURATION] [--signal-only] [--listen HOST:PORT] [--ready-timeout DURATION] -- CMD ARGS...",
+        "[--debounce DURATION] [--signal-only] [--listen HOST:PORT] [--ready-timeout DURATION] "
+        "[--preload MODULE,...] -- CMD ARGS...",
         description="Run CMD inside the tree the gitsync link points at; restart it when the link flips.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -219,6 +248,13 @@ def _parser() -> argparse.ArgumentParser:
         "or after this long (env GITSYNC_RELOAD_READY_TIMEOUT; "
         f"default {format_duration(DEFAULT_READY_TIMEOUT)})",
     )
+    parser.add_argument(
+        "--preload",
+        metavar="MODULE,...",
+        help="for CMD `python SCRIPT` or `python -m MODULE`: keep one interpreter ready that has "
+        "imported these installed packages (e.g. flask,waitress), and run the next start in it "
+        "(env GITSYNC_RELOAD_PRELOAD; default: none, every start is a fresh interpreter)",
+    )
     parser.add_argument("command", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     return parser
 
@@ -252,6 +288,20 @@ def _parse_command(words: Sequence[str]) -> tuple[str, ...]:
     if not command:
         raise ConfigError(f"CMD is missing: put it after --, e.g. {PROG} --link /repo/app -- python app.py")
     return command
+
+
+def _parse_preload(value: object, name: str) -> tuple[str, ...]:
+    try:
+        return preload.parse_modules(str(value or ""))
+    except ValueError as error:
+        raise ConfigError(f"{name}: {error}") from None
+
+
+def _parse_python_command(command: Sequence[str]) -> preload.PythonCommand:
+    try:
+        return preload.parse_python_command(command)
+    except ValueError as error:
+        raise ConfigError(f"--preload: {error}") from None
 
 
 def _parse_signal(value: object, name: str, default: signal.Signals) -> signal.Signals:
@@ -381,6 +431,7 @@ class Child:
     started: float
     notices: Notices | None = None  # with --listen
     ready: bool = False  # it sent READY=1
+    warm: bool = False  # it runs in a spare interpreter that had the --preload modules imported
     stop_by: float | None = None  # once told to stop: when it gets SIGKILL
 
     @property
@@ -425,6 +476,10 @@ class Supervisor:
         self.notice_dir: str | None = None  # holds each command's NOTIFY_SOCKET
         self.spawned = 0  # names each NOTIFY_SOCKET
         self.link_seen: str | None = None  # the link's target, as wait_for_ready() last saw it
+        self.spare: preload.Spare | None = None  # with --preload: the interpreter the next start runs in
+        self.spare_due: float | None = time.monotonic() if config.preload else None  # when to make one
+        self.preload_proven = False  # a spare has imported the modules once: later failures are not fatal
+        self.fatal: str | None = None  # why gitsync-reload gave up (exit 2)
 
     def install_signal_handlers(self) -> None:
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -441,15 +496,17 @@ class Supervisor:
         if self.listener is not None:
             self.notice_dir = tempfile.mkdtemp(prefix=f"{PROG}-")
         try:
+            self.tend_spare()  # it imports while the watch is set up and the link awaited
             for touched in self:
                 if touched:
                     self.touched_at = time.monotonic()
                 self.tend()
         finally:
+            self.discard_spare()
             self.stop_all("shutting down")  # also on an unexpected error: never leave CMD behind
             if self.notice_dir is not None:
                 shutil.rmtree(self.notice_dir, ignore_errors=True)
-        return self.status
+        return 2 if self.fatal else self.status
 
     def __iter__(self) -> Supervisor:
         return self
@@ -477,6 +534,7 @@ class Supervisor:
         return [child for child in (self.child, self.pending, *self.draining) if child is not None]
 
     def tend(self) -> None:
+        self.tend_spare()
         self.reap_orphans()
         self.read_notices()
         self.notice_exit()
@@ -542,6 +600,8 @@ class Supervisor:
         sha = os.path.basename(tree)
         try:
             child = self.spawn(tree, sha)
+        except NotStarted:
+            return
         except OSError as error:
             logger.error("cannot start %s in %s: %s", self.config.command[0], tree, error)
             self.status = 127 if isinstance(error, FileNotFoundError) else 126
@@ -551,35 +611,116 @@ class Supervisor:
             self.child = child
         else:
             self.pending = child
-        logger.info("started pid %s in %s (GITSYNC_HASH=%s): %s", child.pid, tree, sha, " ".join(self.config.command))
+        logger.info("started pid %s in %s (GITSYNC_HASH=%s%s): %s", child.pid, tree, sha,
+                    ", warm" if child.warm else "", " ".join(self.config.command))
 
     def spawn(self, tree: str, sha: str) -> Child:
-        environ = {**self.config.environ, "GITSYNC_HASH": sha}
-        if self.listener is None:
-            process = subprocess.Popen(
-                self.config.command,
-                cwd=tree,
-                env=environ,
-                start_new_session=True,  # its own process group, so stopping reaches grandchildren
-            )
-            return Child(process, tree, time.monotonic())
-        self.spawned += 1
-        notices = Notices(os.path.join(self.notice_dir, f"notify-{self.spawned}"))
-        for name in ("LISTEN_PID", "LISTEN_FDNAMES"):  # the shim sets LISTEN_PID; no names are passed
-            environ.pop(name, None)
-        environ.update(LISTEN_FDS="1", NOTIFY_SOCKET=notices.path)
+        """Start CMD in tree: in the spare interpreter when there is one, else afresh."""
+        environ = {"GITSYNC_HASH": sha}  # what this command gets beyond the base environment
+        notices = None
+        if self.listener is not None:
+            self.spawned += 1
+            notices = Notices(os.path.join(self.notice_dir, f"notify-{self.spawned}"))
+            environ.update(LISTEN_FDS="1", NOTIFY_SOCKET=notices.path)  # LISTEN_PID: the shim or the spare
         try:
-            process = subprocess.Popen(
-                (*self.shim, *self.config.command),
-                cwd=tree,
-                env=environ,
-                start_new_session=True,
-                pass_fds=(LISTEN_FD,),
-            )
-        except OSError:
-            notices.close()
+            process = self.start_warm(tree, environ)
+            warm = process is not None
+            if process is None:
+                process = self.start_cold(tree, environ)
+        except BaseException:
+            if notices is not None:
+                notices.close()
             raise
-        return Child(process, tree, time.monotonic(), notices)
+        return Child(process, tree, time.monotonic(), notices, warm=warm)
+
+    def start_cold(self, tree: str, environ: Mapping[str, str]) -> subprocess.Popen:
+        return subprocess.Popen(
+            (*self.shim, *self.config.command),
+            cwd=tree,
+            env={**self.base_environ(), **environ},
+            start_new_session=True,  # its own process group, so stopping reaches grandchildren
+            pass_fds=(LISTEN_FD,) if self.listener is not None else (),
+        )
+
+    def base_environ(self) -> dict[str, str]:
+        return {name: value for name, value in self.config.environ.items() if name not in PER_COMMAND_ENV}
+
+    def start_warm(self, tree: str, environ: Mapping[str, str]) -> subprocess.Popen | None:
+        """Hand tree and environ to the spare interpreter; None when there is none to use."""
+        spare = self.spare
+        if spare is None:
+            return None
+        state = spare.wait(WARM_WAIT, self.should_exit.is_set)
+        if self.should_exit.is_set():
+            raise NotStarted()
+        if state == "failed":
+            self.spare_failed(spare.error)
+            if self.fatal:
+                raise NotStarted()
+            return None
+        self.spare, self.spare_due = None, time.monotonic() + SPARE_DELAY
+        if state == "warming":
+            logger.warning("spare interpreter pid %s is still importing after %s; starting afresh",
+                           spare.pid, format_duration(WARM_WAIT))
+            spare.discard()
+            return None
+        self.note_warm(spare)
+        try:
+            return spare.hand_over(tree, environ)
+        except OSError as error:  # it died just now
+            logger.warning("spare interpreter pid %s cannot take the start (%s); starting afresh", spare.pid, error)
+            spare.discard()
+            return None
+
+    def tend_spare(self) -> None:
+        """With --preload: make a spare when one is due, and notice one that is warm or failed."""
+        if self.should_exit.is_set():
+            return
+        if self.spare is None:
+            if self.spare_due is not None and time.monotonic() >= self.spare_due:
+                self.make_spare()
+            return
+        state = self.spare.state()
+        if state == "ready":
+            self.note_warm(self.spare)
+        elif state == "failed":
+            self.spare_failed(self.spare.error)
+
+    def make_spare(self) -> None:
+        self.spare_due = None
+        link_directory = os.path.realpath(os.path.dirname(self.config.link))
+        try:
+            self.spare = preload.Spare(
+                self.config.python,
+                self.config.preload,
+                self.base_environ(),
+                forbidden=os.path.join(link_directory, ".worktrees"),
+                pass_fds=(LISTEN_FD,) if self.listener is not None else (),
+            )
+        except OSError as error:
+            self.spare_failed(f"cannot run {self.config.python.interpreter[0]}: {error.strerror or error}")
+
+    def note_warm(self, spare: preload.Spare) -> None:
+        if not spare.announced:
+            logger.info("spare interpreter pid %s is ready: imported %s in %s; the next start runs in it",
+                        spare.pid, ",".join(self.config.preload), format_duration(round(spare.warm_after, 3)))
+            spare.announced = True
+        self.preload_proven = True
+
+    def spare_failed(self, error: str | None) -> None:
+        self.discard_spare()
+        if not self.preload_proven:  # it never worked: a setting is wrong, not a passing fault
+            self.fatal = f"--preload: {error}"
+            self.should_exit.set()
+            return
+        logger.warning("spare interpreter failed: %s; starting afresh meanwhile, trying again in %s",
+                       error, format_duration(SPARE_RETRY))
+        self.spare_due = time.monotonic() + SPARE_RETRY
+
+    def discard_spare(self) -> None:
+        spare, self.spare = self.spare, None
+        if spare is not None:
+            spare.discard()
 
     def log_waiting(self) -> None:
         if not self.waiting_logged:
@@ -592,8 +733,12 @@ class Supervisor:
 
     def read_notices(self) -> None:
         for child in self.children():
-            if child.read_notices() and child is self.child:
+            if not child.read_notices():
+                continue
+            if child is self.child:
                 logger.info("pid %s is ready", child.pid)
+            if self.spare_due is not None:
+                self.spare_due = min(self.spare_due, time.monotonic())  # it serves: warm the next one now
 
     def notice_exit(self) -> None:
         if self.child is None or self.child.process.poll() is None:
@@ -743,7 +888,7 @@ class Supervisor:
 
     def reap_orphans(self, *also: Child) -> None:
         """Collect exited descendants that were re-parented to us, leaving our own children to Popen."""
-        ours = {child.pid: child for child in (*self.children(), *also)}
+        ours = {child.pid: child for child in (*self.children(), *also, *([self.spare] if self.spare else []))}
         while True:
             try:
                 info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
@@ -849,7 +994,10 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
                     f"[{host}]" if ":" in host else host, port, LISTEN_FD)
     supervisor = LinkWatcher(config, listener)
     supervisor.install_signal_handlers()
-    return supervisor.run()
+    status = supervisor.run()
+    if supervisor.fatal:
+        print(f"{PROG}: error: {supervisor.fatal}", file=sys.stderr)
+    return status
 
 
 if __name__ == "__main__":
