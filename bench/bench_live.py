@@ -1,9 +1,11 @@
 """Issue 4: push -> the demo app answering with the new commit, under gitsync-reload;
-and the reloader alone: a symlink flip -> the new body. Each in two modes: `restart`
-(the app binds its port; stop the old app, then start the new one) and `handoff`
+and the reloader alone: a symlink flip -> the new body. Each in three modes: `restart`
+(the app binds its port; stop the old app, then start the new one), `handoff`
 (gitsync-reload --listen holds the port and hands it to each app as fd 3; the new app
-starts beside the old one, which stops once the new one says READY=1). A steady
-request load runs through every measurement and counts the requests that failed."""
+starts beside the old one, which stops once the new one says READY=1) and `preload`
+(handoff, plus --preload flask,waitress: each start runs in an interpreter that
+imported them ahead of the flip). A steady request load runs through every
+measurement and counts the requests that failed."""
 
 from __future__ import annotations
 
@@ -23,7 +25,8 @@ from common import BIN, PROJECT, Context, Gitsync
 SECRET = b"bench-receiver-secret"
 APP_DIR = "demo-app"
 RELOAD_ARGS = ("--signal", "INT", "--grace", "5s")   # waitress drains on SIGINT (FINDINGS)
-MODES = ("restart", "handoff")
+MODES = ("restart", "handoff", "preload")
+PRELOAD = "flask,waitress"  # what the demo app imports from its environment
 LIVE_TIMEOUT = 60
 FLIPS = 10
 LOAD_RATE = 50            # requests per second from the steady client, on fresh connections
@@ -182,7 +185,27 @@ class SteadyLoad:
 def reload_args(mode: str, port: int | str) -> tuple[str, ...]:
     if mode == "handoff":
         return (*RELOAD_ARGS, "--listen", f"127.0.0.1:{port}")
+    if mode == "preload":
+        return (*RELOAD_ARGS, "--listen", f"127.0.0.1:{port}", "--preload", PRELOAD)
     return RELOAD_ARGS
+
+
+def wait_reloader_settled(reloader, mode: str, starts: int, timeout: float = 30) -> None:
+    """With --preload, a deploy minutes after the last one finds a warm interpreter; so
+    does the next push here: wait until gitsync-reload says the spare after `starts`
+    starts is ready (it is made a moment after each start)."""
+    if mode != "preload":
+        return
+    deadline = time.monotonic() + timeout
+    while reloader.output.count("spare interpreter pid") < starts + 1:
+        if time.monotonic() > deadline or not reloader.alive():
+            raise RuntimeError(f"no warm spare interpreter after {starts} starts: "
+                               f"{common.failure_line(reloader.output)}")
+        time.sleep(0.02)
+
+
+def warm_starts(reloader) -> int:
+    return reloader.output.count(", warm): ")
 
 
 def start_reloader(ctx: Context, link: Path, port: int, mode: str):
@@ -213,10 +236,11 @@ def push_to_live(ctx: Context, opts, remote: DemoRemote, trigger: str, mode: str
         if sync.api:
             host, api_port = sync.api.split("//")[1].split(":")
             conn = http.client.HTTPConnection(host, int(api_port), timeout=10)
+        wait_reloader_settled(reloader, mode, starts=1)
         time.sleep(opts.settle)
         lives, flips, to_body, down = [], [], [], []
         with SteadyLoad(port) as load:
-            for _ in range(opts.live_pushes):
+            for number in range(opts.live_pushes):
                 sha, pushed = remote.commit_and_push()
                 if trigger == "webhook":
                     status, _ = common.post_github(conn, SECRET,
@@ -231,7 +255,9 @@ def push_to_live(ctx: Context, opts, remote: DemoRemote, trigger: str, mode: str
                 to_body.append(seen["at"] - seen["flipped"])
                 down.append(seen["unavailable"])
                 sync.wait_spare_ready()
+                wait_reloader_settled(reloader, mode, starts=number + 2)
                 time.sleep(opts.settle)
+            warm = warm_starts(reloader)
     finally:
         if conn is not None:
             conn.close()
@@ -242,7 +268,7 @@ def push_to_live(ctx: Context, opts, remote: DemoRemote, trigger: str, mode: str
             "push_to_flip": common.summary_ms(flips, 50, 95),
             "flip_to_body": common.summary_ms(to_body, 50, 95),
             "unavailable": common.summary_ms(down, 50, 95),
-            "load": load.summary()}
+            "warm_starts": warm, "load": load.summary()}
 
 
 def reloader_alone(ctx: Context, opts, mode: str) -> dict:
@@ -262,6 +288,7 @@ def reloader_alone(ctx: Context, opts, mode: str) -> dict:
     try:
         if wait_for_body(port, shas[0], LIVE_TIMEOUT) is None:
             raise RuntimeError(f"the demo app never answered: {common.failure_line(reloader.output)}")
+        wait_reloader_settled(reloader, mode, starts=1)
         time.sleep(0.5)
         with SteadyLoad(port) as load:
             for number in range(FLIPS if not ctx.quick else 3):
@@ -273,12 +300,14 @@ def reloader_alone(ctx: Context, opts, mode: str) -> dict:
                     raise RuntimeError(f"no new body after a flip: {common.failure_line(reloader.output)}")
                 times.append(seen["at"] - flipped)
                 down.append(seen["unavailable"])
+                wait_reloader_settled(reloader, mode, starts=number + 2)
                 time.sleep(0.5)
+            warm = warm_starts(reloader)
     finally:
         reloader.stop(grace=8)
     return {"flip_to_body": common.summary_ms(times, 50, 95),
             "unavailable": common.summary_ms(down, 50, 95),
-            "load": load.summary()}
+            "warm_starts": warm, "load": load.summary()}
 
 
 def point(link: Path, tree: Path) -> None:
@@ -296,7 +325,7 @@ def report(results: dict) -> list[str]:
                            ("reloader_flip", "reloader alone: flip -> new body")):
             data = results["modes"][mode][key]
             if "skipped" in data or "error" in data:
-                rows.append([mode, title, *["-"] * 8, "skipped" if "skipped" in data else "FAILED"])
+                rows.append([mode, title, *["-"] * 9, "skipped" if "skipped" in data else "FAILED"])
                 notes.append(f"{mode}, {title}: {data.get('skipped') or data.get('error')}")
                 continue
             total = data.get("push_to_live") or data["flip_to_body"]
@@ -306,11 +335,12 @@ def report(results: dict) -> list[str]:
                          common.fmt(data["flip_to_body"]["p50_ms"], " ms"),
                          common.fmt(data["unavailable"]["p50_ms"], " ms"),
                          f"{load['failed']}/{load['requests']}", common.fmt(load["latency"].get("p99_ms"), " ms"),
-                         ""])
+                         f"{data.get('warm_starts', 0)}/{total['n'] + 1}", ""])
     return [common.table(
-        "demo app under gitsync-reload " + " ".join(RELOAD_ARGS) + " (handoff: + --listen)"
+        "demo app under gitsync-reload " + " ".join(RELOAD_ARGS) + " (handoff: + --listen;"
+        f" preload: + --listen --preload {PRELOAD}, next push once the spare interpreter is ready too)"
         f"; GET /version every ~5 ms on fresh connections; next push once the spare tree is ready"
         f" + {results['settle_s']:g} s; meanwhile a steady {LOAD_RATE} req/s load",
         ["mode", "path", "n", "p50", "p95", "push->flip p50", "flip->body p50", "not answering p50",
-         "load failed/sent", "load p99", ""], rows),
+         "load failed/sent", "load p99", "warm starts", ""], rows),
         *notes]
