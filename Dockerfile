@@ -45,7 +45,9 @@ RUN groupadd --system --gid 65532 gitsync \
 # the git repository, published by the sidecar into the shared volume at
 # /git/app. gitsync-reload starts `python demo-app/app.py` inside the
 # published tree and restarts it each time the link flips to a new commit;
-# SIGINT, because waitress drains in-flight requests on it (not on SIGTERM).
+# SIGINT, because waitress drains in-flight requests on it (not on SIGTERM);
+# --listen keeps port 8000 open across restarts, and --preload runs each start
+# in an interpreter that has imported Flask and waitress ahead of the flip.
 # git is here only for the demo page, which shows the commit's subject and
 # author (`git log`).
 FROM runtime AS demo
@@ -59,7 +61,7 @@ WORKDIR /tmp
 USER 65532:65532
 EXPOSE 8000
 ENTRYPOINT ["gitsync-reload"]
-CMD ["--link", "/git/app", "--signal", "INT", "--listen", "0.0.0.0:8000", "--", "python", "demo-app/app.py"]
+CMD ["--link", "/git/app", "--signal", "INT", "--listen", "0.0.0.0:8000", "--preload", "flask,waitress", "--", "python", "demo-app/app.py"]
 
 # ---------------------------------------------------------------------------
 # gitsync: the sidecar (default target). git and ssh come from Debian.

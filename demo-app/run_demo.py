@@ -334,11 +334,12 @@ def start_gitsync(demo: Demo) -> subprocess.Popen:
 
 def start_app(demo: Demo) -> subprocess.Popen:
     # waitress finishes requests in flight on SIGINT (not on SIGTERM), so that is the signal;
-    # --listen keeps the port open across restarts (the app serves on the socket it is handed).
+    # --listen keeps the port open across restarts (the app serves on the socket it is handed);
+    # --preload runs each start in an interpreter that has imported Flask and waitress already.
     return start(demo, "app", [
         str(BIN / "gitsync-reload"), "--link", str(demo.link), "--signal", "INT",
         "--grace", f"{RELOAD_GRACE:g}s", "--listen", f"127.0.0.1:{demo.app_port}",
-        "--", sys.executable, "demo-app/app.py",
+        "--preload", "flask,waitress", "--", sys.executable, "demo-app/app.py",
     ], {"PORT": str(demo.app_port), "HOST": "127.0.0.1"})
 
 

@@ -201,6 +201,8 @@ def test_a_push_to_the_demo_remote_is_served_by_the_demo_app(demo, tmp_path):
                       timeout=20, interval=0.1, message="the app to serve the pushed commit")
     assert served
     assert get_json(f"{ready['app']}version") == {"commit": new, "message": "Pushed by the demo test"}
+    # --preload: the new commit ran in the interpreter that had imported Flask beforehand.
+    assert f"(GITSYNC_HASH={new}, warm)" in (demo.demo_dir / "app.log").read_text(), demo.output()
 
     running = "\n".join(processes_under(demo.demo_dir))   # so the check below can see them
     assert "gitsync --repo" in running and "gitsync-reload" in running, running
