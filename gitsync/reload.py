@@ -14,7 +14,10 @@ never closes: on a flip the new command starts beside the old one, and the old o
 is told to stop (and finishes its requests) only once the new one says READY=1 on
 its NOTIFY_SOCKET (systemd's sd_notify), or after --ready-timeout.
 
-Shape: `Supervisor` owns the children's process groups and the signals;
+With --preload MODULE,... (for `python SCRIPT` commands) each start runs in a spare
+interpreter that imported those packages before the flip (gitsync/preload.py).
+
+Shape: `Supervisor` owns the children's process groups, the spare and the signals;
 `LinkWatcher` answers the one question "did the link's name change?" by
 watching the link's directory, non-recursively, with watchfiles.
 """
