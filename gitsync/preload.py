@@ -42,13 +42,13 @@ KILL_WAIT = 5.0
 
 PYTHON_NAME = re.compile(r"^(python|pypy)[0-9.]*$")
 MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
-BARE_FLAGS = set("bBdEIOqsSuv")  # interpreter options without a value, alone or grouped (-uB)
+BARE_FLAGS = set("bBdEIOPqsSuv")  # interpreter options without a value, alone or grouped (-uB)
 VALUE_FLAGS = ("-X", "-W")  # options that take a value, attached (-Xdev) or as the next word
 
 # Runs in the command's interpreter, which may be any Python 3.8+, not this one.
 BOOTSTRAP = r'''
 def _gitsync_spare():
-    import json, os, sys
+    import io, json, os, sys
     status = int(os.environ.pop("GITSYNC_RELOAD_STATUS_FD"))
     control = int(os.environ.pop("GITSYNC_RELOAD_CONTROL_FD"))
     modules = os.environ.pop("GITSYNC_RELOAD_PRELOAD_MODULES").split(",")
@@ -67,8 +67,9 @@ def _gitsync_spare():
         except BaseException as error:
             fail("cannot import %r with %s: %s: %s" % (name, sys.executable, type(error).__name__, error))
     for module in list(sys.modules.values()):
-        path = os.path.realpath(getattr(module, "__file__", None) or "")
-        if path.startswith(forbidden):
+        path = getattr(module, "__file__", None)  # built-in modules have none
+        path = path and os.path.realpath(path)
+        if path and path.startswith(forbidden):
             fail("%r was imported from %s, the published tree; preload installed packages only"
                  % (module.__name__, path))
     os.write(status, b"ready\n")
@@ -83,13 +84,33 @@ def _gitsync_spare():
     if "LISTEN_FDS" in order["env"]:
         os.environ["LISTEN_PID"] = str(os.getpid())
     sys.argv = list(order["argv"])
+    safe_path = sys.flags.isolated or getattr(sys.flags, "safe_path", False)  # -I, -P: no path entry
     import runpy
     if order["module"]:
-        sys.path.insert(0, os.getcwd())
+        if not safe_path:
+            sys.path.insert(0, os.getcwd())
         runpy.run_module(order["module"], run_name="__main__", alter_sys=True)
-    else:
-        sys.path.insert(0, os.path.dirname(os.path.realpath(sys.argv[0])))
-        runpy.run_path(sys.argv[0], run_name="__main__")
+        return
+    script = os.path.abspath(sys.argv[0])  # __file__ is absolute, argv[0] as given (python 3.9+)
+    if not safe_path:
+        sys.path.insert(0, os.path.dirname(os.path.realpath(script)))
+    import zipfile
+    if os.path.isdir(script) or zipfile.is_zipfile(script):
+        runpy.run_path(script, run_name="__main__")  # a directory or zip with __main__.py
+        return
+    try:
+        with io.open_code(script) as handle:
+            source = handle.read()
+    except OSError as error:
+        sys.stderr.write("%s: can't open file %r: [Errno %s] %s\n"
+                         % (sys.executable, script, error.errno, error.strerror))
+        sys.exit(2)
+    import builtins, importlib.machinery, types
+    main = types.ModuleType("__main__")
+    main.__dict__.update(__file__=script, __cached__=None, __builtins__=builtins,
+                         __loader__=importlib.machinery.SourceFileLoader("__main__", script))
+    sys.modules["__main__"] = main
+    exec(compile(source, script, "exec", dont_inherit=True), main.__dict__)
 
 
 _gitsync_spare()
@@ -129,6 +150,9 @@ def parse_python_command(command: Sequence[str]) -> PythonCommand:
     """Split CMD, or raise ValueError saying which forms --preload can run."""
     if not PYTHON_NAME.match(os.path.basename(command[0])):
         raise ValueError(f"CMD must start with python (python SCRIPT or python -m MODULE), got {command[0]!r}")
+    if "/" in command[0] and not os.path.isabs(command[0]):
+        # A fresh start finds it from inside the tree; the spare starts before there is one.
+        raise ValueError(f"CMD's python must be on PATH or an absolute path, got {command[0]!r}")
     options: list[str] = []
     words = list(command[1:])
     while words:

@@ -481,6 +481,7 @@ class Supervisor:
         self.link_seen: str | None = None  # the link's target, as wait_for_ready() last saw it
         self.spare: preload.Spare | None = None  # with --preload: the interpreter the next start runs in
         self.spare_due: float | None = time.monotonic() if config.preload else None  # when to make one
+        self.spare_at_ready = False  # make it as soon as the new command sends READY=1 instead
         self.preload_proven = False  # a spare has imported the modules once: later failures are not fatal
         self.fatal: str | None = None  # why gitsync-reload gave up (exit 2)
 
@@ -662,6 +663,7 @@ class Supervisor:
                 raise NotStarted()
             return None
         self.spare, self.spare_due = None, time.monotonic() + SPARE_DELAY
+        self.spare_at_ready = True
         if state == "warming":
             logger.warning("spare interpreter pid %s is still importing after %s; starting afresh",
                            spare.pid, format_duration(WARM_WAIT))
@@ -690,7 +692,7 @@ class Supervisor:
             self.spare_failed(self.spare.error)
 
     def make_spare(self) -> None:
-        self.spare_due = None
+        self.spare_due, self.spare_at_ready = None, False
         link_directory = os.path.realpath(os.path.dirname(self.config.link))
         try:
             self.spare = preload.Spare(
@@ -718,7 +720,7 @@ class Supervisor:
             return
         logger.warning("spare interpreter failed: %s; starting afresh meanwhile, trying again in %s",
                        error, format_duration(SPARE_RETRY))
-        self.spare_due = time.monotonic() + SPARE_RETRY
+        self.spare_due, self.spare_at_ready = time.monotonic() + SPARE_RETRY, False
 
     def discard_spare(self) -> None:
         spare, self.spare = self.spare, None
@@ -740,7 +742,7 @@ class Supervisor:
                 continue
             if child is self.child:
                 logger.info("pid %s is ready", child.pid)
-            if self.spare_due is not None:
+            if self.spare_at_ready and self.spare_due is not None:
                 self.spare_due = min(self.spare_due, time.monotonic())  # it serves: warm the next one now
 
     def notice_exit(self) -> None:
