@@ -17,7 +17,7 @@ import shlex
 from urllib.parse import SplitResult, unquote, urlsplit
 
 from .config import Config
-from .git import GitError
+from .git import GitError, config_parameters
 
 DEFAULT_SSH_KEY = "/etc/git-secret/ssh"
 USERNAME_VARIABLE = "GITSYNC_CREDENTIAL_USERNAME"
@@ -62,13 +62,6 @@ def url_credentials(url: str) -> tuple[str, str] | None:
     return unquote(parts.username or ""), unquote(parts.password or "")
 
 
-def _config_parameter(key: str, value: str) -> str:
-    """One entry of GIT_CONFIG_PARAMETERS, quoted the way git reads it ('key'='value')."""
-    def quote(text: str) -> str:
-        return "'" + text.replace("'", "'\\''") + "'"
-    return f"{quote(key)}={quote(value)}"
-
-
 class Credentials:
     """The engine's CredentialSource: --username and a password, URL credentials, SSH."""
 
@@ -94,7 +87,7 @@ class Credentials:
             config += [("credential.helper", ""), ("credential.helper", _HELPER)]
             env.update({USERNAME_VARIABLE: username, PASSWORD_VARIABLE: password})
             secrets += [password, *self._url_secrets()]
-        env["GIT_CONFIG_PARAMETERS"] = " ".join(_config_parameter(k, v) for k, v in config)
+        env["GIT_CONFIG_PARAMETERS"] = config_parameters(config)
         if is_ssh_url(self.config.repo) or self.config.submodules != "off":
             # Submodules may live on SSH remotes even when the repository does not.
             env["GIT_SSH_COMMAND"] = self._ssh_command(strict=is_ssh_url(self.config.repo))

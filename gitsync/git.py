@@ -73,17 +73,28 @@ class CommitInfo:
     time: str   # ISO 8601 author date
 
 
+def config_parameters(pairs: Sequence[tuple[str, str]]) -> str:
+    """Config entries as GIT_CONFIG_PARAMETERS holds them, quoted the way git reads them
+    ('key'='value' ...): what `git -c` passes on, without anything on the command line."""
+    def quote(text: str) -> str:
+        return "'" + text.replace("'", "'\\''") + "'"
+    return " ".join(f"{quote(key)}={quote(value)}" for key, value in pairs)
+
+
 class GitRunner:
     """Runs git with an argument list, a time limit and a clean environment.
 
     `secrets` are scrubbed from any message that leaves this class; `env` adds
     to git's environment (credential helper, ssh command) without touching argv.
+    `config` (--git-config) goes into git's environment too, ahead of any config
+    entries `env` brings, as `git -c` would but out of `ps`: an http.extraHeader
+    often carries a token.
     """
 
     def __init__(self, *, env: Mapping[str, str], config: Sequence[tuple[str, str]] = (),
                  secrets: Sequence[str] = ()):
         self._env = dict(env)
-        self._config_args = [arg for key, value in config for arg in ("-c", f"{key}={value}")]
+        self._config = list(config)
         self._secrets = [s for s in secrets if s]
         self._git = gitpython.Git()
         self._running: set[subprocess.Popen] = set()
@@ -94,7 +105,7 @@ class GitRunner:
         """A runner like this one with more environment (e.g. fresh credentials)."""
         clone = GitRunner.__new__(GitRunner)
         clone._env = {**self._env, **extra}
-        clone._config_args = list(self._config_args)
+        clone._config = list(self._config)
         clone._secrets = self._secrets + [s for s in secrets if s]
         clone._git = self._git
         # Share the process registry, so cancel() on either reaches every running git.
@@ -118,7 +129,7 @@ class GitRunner:
                 raise GitError(step, f"sync timeout ({deadline.seconds:g}s) reached before this step",
                                timed_out=True)
         started = time.monotonic()
-        status, out, err = self._execute(["git", *self._config_args, *args], cwd, timeout)
+        status, out, err = self._execute(["git", *args], cwd, timeout)
         name = _subcommand(args)
         log.debug("git %s: exit %s in %.0f ms", name, status, (time.monotonic() - started) * 1000)
         if status == 0:
@@ -134,7 +145,7 @@ class GitRunner:
                  timeout: float | None) -> tuple[int | None, str, str]:
         """Run git in its own process group, so a timeout or shutdown kills its helpers too."""
         git = gitpython.Git(str(cwd)) if cwd else self._git
-        handle = git.execute(command, as_process=True, env=self._env, start_new_session=True)
+        handle = git.execute(command, as_process=True, env=self._environment(), start_new_session=True)
         proc = handle.proc
         with self._running_lock:
             self._running.add(proc)
@@ -149,6 +160,13 @@ class GitRunner:
             with self._running_lock:
                 self._running.discard(proc)
         return status, out.decode("utf-8", "replace").rstrip("\n"), err.decode("utf-8", "replace")
+
+    def _environment(self) -> dict[str, str]:
+        env = dict(self._env)
+        entries = [config_parameters(self._config), env.get("GIT_CONFIG_PARAMETERS", "")]
+        if any(entries):
+            env["GIT_CONFIG_PARAMETERS"] = " ".join(entry for entry in entries if entry)
+        return env
 
     def cancel(self) -> None:
         """Kill every git process still running (shutdown must not wait for a slow remote)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -106,3 +107,13 @@ def published_sha(link: Path) -> str | None:
         return Path(os.readlink(link)).name
     except OSError:
         return None
+
+
+def argv_recorder(tmp_path: Path) -> tuple[Path, Path]:
+    """A `git` first on PATH that logs its argv, then runs the real git."""
+    folder, log = tmp_path / "shim", tmp_path / "argv.log"
+    folder.mkdir()
+    shim = folder / "git"
+    shim.write_text(f'#!/bin/sh\nprintf "%s\\n" "$*" >> {log}\nexec {shutil.which("git")} "$@"\n')
+    shim.chmod(0o755)
+    return folder, log

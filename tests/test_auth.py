@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 from urllib.parse import quote
@@ -23,7 +22,7 @@ import requests
 from gitservers import SmartHttpServer, SshServer
 from gitsync.cli import build_engine
 from gitsync.config import parse_args
-from gitutil import Remote, git, published_sha, wait_for
+from gitutil import Remote, argv_recorder, git, published_sha, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -187,16 +186,6 @@ def test_bad_password_settings_fail_the_sync_with_one_line(http_repo, tmp_path, 
     assert result.error == message.replace("{tmp}", str(tmp_path))
     assert show_status(engine, shown)["last_error"] == result.error
     assert server.requests == []   # git was never started
-
-
-def argv_recorder(tmp_path: Path) -> tuple[Path, Path]:
-    """A `git` first on PATH that logs its argv, then runs the real git."""
-    folder, log = tmp_path / "shim", tmp_path / "argv.log"
-    folder.mkdir()
-    shim = folder / "git"
-    shim.write_text(f'#!/bin/sh\nprintf "%s\\n" "$*" >> {log}\nexec {shutil.which("git")} "$@"\n')
-    shim.chmod(0o755)
-    return folder, log
 
 
 def test_the_running_sidecar_shows_no_secret_anywhere(http_repo, tmp_path, gitsync, shown):

@@ -18,7 +18,7 @@ import pytest
 from gitservers import SmartHttpServer
 from gitsync.cli import build_engine
 from gitsync.config import parse_args
-from gitutil import Remote, git
+from gitutil import Remote, argv_recorder, git
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -206,7 +206,9 @@ def test_sparse_checkout_on_first_publish_on_updates_and_after_a_restart(remote,
 
 # -- --git-config ---------------------------------------------------------------------------
 
-def test_git_config_reaches_every_git_call(tmp_path):
+def test_git_config_reaches_every_git_call(tmp_path, monkeypatch):
+    shim, argv_log = argv_recorder(tmp_path)
+    monkeypatch.setenv("PATH", f"{shim}:{os.environ['PATH']}")
     base = tmp_path / "remotes"
     remote = Remote(base, "repo.git")
     os.symlink("README.md", remote.work / "link.md")
@@ -229,6 +231,10 @@ def test_git_config_reaches_every_git_call(tmp_path):
     link = published(root, "repo.git") / "link.md"
     assert not link.is_symlink()
     assert link.read_text() == "README.md"
+    # The header (a token, often) reached git through its environment, not its argv (ps).
+    argv = argv_log.read_text()
+    assert "ls-remote" in argv and "fetch" in argv
+    assert "cfg-pass" not in argv and header.split()[-1] not in argv and "X-Note" not in argv
 
 
 # -- --depth changed between restarts --------------------------------------------------
