@@ -25,6 +25,7 @@ from .publish import Publisher
 log = logging.getLogger(__name__)
 
 HISTORY_SIZE = 50
+DEPTH_KEY = "gitsync.depth"  # in the repository's config: the --depth of the last fetch
 _STOP = object()
 # When several triggers arrive together, the cycle is credited to the most deliberate one.
 _TRIGGER_RANK = {"webhook": 0, "manual": 1, "signal": 2, "start": 3, "poll": 4}
@@ -132,6 +133,8 @@ class Engine:
         self._tracked_ref: str | None = None if config.ref == "HEAD" else _full_ref_guess(config.ref)
         self._history: deque[SyncResult] = deque(maxlen=HISTORY_SIZE)
         self._published_tree_damaged = False
+        self._depth_changed = False  # --depth differs from the last fetch's: fetch even if unchanged
+        self._depth_recorded = False  # DEPTH_KEY holds this run's --depth
 
     # -- the interface the API, CLI and hooks use ----------------------------------
 
@@ -243,6 +246,7 @@ class Engine:
         elif not self.repo.exists():
             self._reinit_repo()
         self._apply_sparse_setting()
+        self._depth_changed = self._depth_differs()
         self.publisher.recover()
         sha = self.publisher.layout.published_sha()
         if sha is None:
@@ -257,6 +261,13 @@ class Engine:
     def _reinit_repo(self) -> None:
         shutil.rmtree(self.repo.git_dir, ignore_errors=True)
         self.repo.init()
+        self._depth_recorded = False
+
+    def _depth_differs(self) -> bool:
+        """Was the history fetched with another --depth (an earlier run's setting)?"""
+        if self.config.depth == 0:
+            return self.repo.is_shallow()
+        return self.repo.get_config(DEPTH_KEY) != str(self.config.depth)
 
     def _apply_sparse_setting(self) -> None:
         self.repo.set_config("core.sparseCheckout",
@@ -291,6 +302,7 @@ class Engine:
         head = self._remote_head(deadline)
         current = self.publisher.layout.published_sha()
         if head.sha == current and self._current_tree_is_usable():
+            self._apply_depth_change(head, deadline)
             return False
         sha = self._fetch_with_recovery(head, deadline)
         if sha == current and self._current_tree_is_usable():
@@ -325,12 +337,26 @@ class Engine:
             return self._fetch(head, deadline)
 
     def _fetch(self, head: RemoteHead, deadline: Deadline) -> str:
-        if head.ref is None:   # a pinned SHA: fetch only when we do not have it yet
-            if self.repo.has_commit(head.sha):
-                return head.sha
-            self.repo.fetch(self._url, head.sha, self.config.depth, deadline)
-            return head.sha
-        return self.repo.fetch(self._url, head.ref, self.config.depth, deadline)
+        if head.ref is None and self.repo.has_commit(head.sha) and not self._depth_changed:
+            return head.sha  # a pinned SHA we have: nothing to fetch
+        sha = self.repo.fetch(self._url, head.ref or head.sha, self.config.depth, deadline)
+        self._note_depth()
+        return head.sha if head.ref is None else sha
+
+    def _apply_depth_change(self, head: RemoteHead, deadline: Deadline) -> None:
+        """A --depth changed across a restart reshapes the history of the published commit
+        now, not at the next commit: 0 fetches all of it, N makes it N commits deep."""
+        if not self._depth_changed:
+            return
+        log.info("--depth is now %s; fetching %s again to match", self.config.depth, head.sha[:12])
+        self.repo.fetch(self._url, head.ref or head.sha, self.config.depth, deadline)
+        self._note_depth()
+
+    def _note_depth(self) -> None:
+        if not self._depth_recorded:  # once a run: the first fetch, or a fresh repository's
+            self.repo.set_config(DEPTH_KEY, str(self.config.depth))
+            self._depth_recorded = True
+        self._depth_changed = False
 
     def _use_fresh_credentials(self) -> None:
         if self._credentials is None:

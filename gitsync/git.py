@@ -217,6 +217,13 @@ class Repository:
     def set_config(self, key: str, value: str) -> None:
         self._git("init", "config", key, value)
 
+    def get_config(self, key: str) -> str | None:
+        """The value of `key` in the repository's config, None when unset."""
+        try:
+            return self._git("init", "config", "--get", key).strip()
+        except GitError:  # exit 1: not set
+            return None
+
     def is_healthy(self, deadline: Deadline | None = None) -> bool:
         """True when git can read the repository and every object is reachable."""
         try:

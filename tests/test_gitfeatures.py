@@ -266,3 +266,35 @@ def test_depth_changed_between_restarts(remote, tmp_path):
     assert engine.sync_once("poll").result == "published"
     assert published(root, "repo.git").name == sha
     assert history(root) == 2
+
+
+@pytest.mark.parametrize("pinned", [False, True], ids=["branch", "pinned-sha"])
+def test_depth_change_applies_at_restart_without_a_new_commit(remote, tmp_path, pinned):
+    for n in range(2, 6):
+        sha = remote.commit_and_push({"count.txt": f"{n}\n"}, f"commit {n}")
+    root = tmp_path / "root"
+    ref = ("--ref", sha) if pinned else ()
+
+    def history() -> int:
+        return int(git("rev-list", "--count", "HEAD", cwd=published(root, "repo.git")))
+
+    _, result = sync(root, remote.url, *ref, "--depth", "1")
+    assert result.result == "published" and history() == 1
+    tree = published(root, "repo.git")
+
+    # Same commit, deeper history wanted: the restart fetches it, the tree stays as it is.
+    engine, result = sync(root, remote.url, *ref, "--depth", "0")
+    assert result.result == "unchanged" and result.commit == sha
+    assert history() == 5 and not (root / ".git" / "shallow").exists()
+    assert published(root, "repo.git") == tree
+    assert engine.sync_once("poll").result == "unchanged" and history() == 5
+
+    _, result = sync(root, remote.url, *ref, "--depth", "2")
+    assert result.result == "unchanged" and history() == 2
+
+    # The same depth again: nothing to reshape, so an unchanged sync does not fetch.
+    with SmartHttpServer(remote.path.parent) as server:
+        _, result = sync(root, server.url_for(remote.path.name), *ref, "--depth", "2")
+        assert result.result == "unchanged" and history() == 2
+        assert server.fetch_requests() == []
+        assert server.upload_pack_posts() == (0 if pinned else 1)  # a branch costs one ls-refs
