@@ -284,13 +284,19 @@ def test_config_signal_only_defaults_to_hup():
 def test_bad_settings_exit_2_with_one_line(tmp_path, argv, env, named):
     with pytest.raises(ConfigError, match=named):
         build_config(argv, env)
+    assert named in refused_line(tmp_path, argv, env)
+
+
+def refused_line(cwd: Path, argv: list[str], env: dict[str, str]) -> str:
+    """Run gitsync-reload with bad settings: it must exit 2 with one line on stderr; that line."""
     result = subprocess.run(
         [sys.executable, "-m", "gitsync.reload", *argv],
-        env={**os.environ, **env}, cwd=tmp_path, capture_output=True, text=True, timeout=30,
+        env={**os.environ, **env}, cwd=cwd, capture_output=True, text=True, timeout=30,
     )
-    assert result.returncode == 2
+    assert result.returncode == 2 and result.stdout == ""
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and named in lines[0], result.stderr
+    assert len(lines) == 1 and lines[0].startswith("gitsync-reload: error:"), result.stderr
+    return lines[0]
 
 
 # --- running the command ------------------------------------------------------------------------
