@@ -38,6 +38,10 @@ _AT_FDCWD = -100
 _WORKTREE_SETTING = re.compile(r"^\s*worktree\s*=", re.MULTILINE)
 
 
+class _SubmoduleMoved(Exception):
+    """A reused submodule repository had another URL than the new commit gives it."""
+
+
 class Layout:
     """Paths on the volume and the link that readers follow."""
 
@@ -173,7 +177,7 @@ class Publisher:
                 self._discard(self.layout.worktrees / SPARE)
         self._build_fresh(sha, self.layout.tree(sha), deadline)
 
-    def _build_fresh(self, sha: str, dest: Path, deadline: Deadline) -> None:
+    def _build_fresh(self, sha: str, dest: Path, deadline: Deadline, reuse: bool = True) -> None:
         """A full checkout into a private name, moved into place once complete."""
         build = self.layout.worktrees / f"{BUILD_PREFIX}{sha}"
         if build.exists():
@@ -184,7 +188,14 @@ class Publisher:
         self._write_sparse_patterns(build)
         self.repo.in_worktree("checkout", build, "reset", "--hard", "--quiet", "HEAD",
                               deadline=deadline)
-        self._update_submodules(build, deadline)
+        reused = self._reuse_submodule_repositories(build) if reuse else {}
+        try:
+            self._update_submodules(build, deadline, reused)
+        except _SubmoduleMoved as moved:
+            log.info("%s; cloning the submodules afresh", moved)
+            self._discard(build)
+            self._build_fresh(sha, dest, deadline, reuse=False)
+            return
         if dest.exists():
             self._swap_into_place(build, dest)
         else:
@@ -270,7 +281,11 @@ class Publisher:
             return False
         return patterns == self.sparse_patterns
 
-    def _update_submodules(self, tree: Path, deadline: Deadline) -> None:
+    def _update_submodules(self, tree: Path, deadline: Deadline,
+                           reused: dict[Path, str | None] | None = None) -> None:
+        """Check the submodules out. `reused`: the repositories copied from the published
+        tree, with their URLs; if the commit moved one elsewhere, raise _SubmoduleMoved,
+        since git may have fetched from the old place."""
         if self.submodules == "off" or not (tree / ".gitmodules").exists():
             return
         recursive = ["--recursive"] if self.submodules == "recursive" else []
@@ -282,7 +297,52 @@ class Publisher:
         if self.depth > 0:
             args.append(f"--depth={self.depth}")
         self.repo.in_worktree("submodules", tree, *args, deadline=deadline)
+        if reused:
+            # Only now, with every level checked out, does sync reach the nested ones.
+            self.repo.in_worktree("submodules", tree, "submodule", "--quiet", "sync", *recursive,
+                                  deadline=deadline)
+            now = self._submodule_urls(tree)
+            moved = [path for path, url in reused.items() if path in now and now[path] != url]
+            if moved:
+                raise _SubmoduleMoved(f"submodule {moved[0].name} has a new URL")
         self._unpin_submodules(tree)
+
+    def _reuse_submodule_repositories(self, tree: Path) -> dict[Path, str | None]:
+        """Start the new tree's submodule repositories as hard-linked copies of the published
+        tree's, so `submodule update` fetches only commits it lacks instead of cloning each
+        submodule again (git keeps them per worktree). git replaces files rather than writing
+        into them, so the published tree's repositories are never changed through a link.
+        Returns each copied repository's URL (see _update_submodules); {} when none."""
+        sha = self.layout.published_sha()
+        if self.submodules == "off" or sha is None or not self.tree_exists(sha):
+            return {}
+        source = self.repo.worktree_admin_dir(self.layout.tree(sha)) / "modules"
+        dest = self.repo.worktree_admin_dir(tree) / "modules"
+        if not source.is_dir() or dest.exists():
+            return {}
+        try:
+            dest.mkdir()
+            _hardlink_tree(source, dest)
+            return self._submodule_urls(tree)
+        except (OSError, subprocess.CalledProcessError, GitError) as err:
+            log.warning("could not reuse the submodules of %s, cloning them again: %s", sha, err)
+            shutil.rmtree(dest, ignore_errors=True)
+            return {}
+
+    def _submodule_urls(self, tree: Path) -> dict[Path, str | None]:
+        """remote.origin.url of each submodule repository of the tree, at every depth."""
+        urls: dict[Path, str | None] = {}
+        modules = self.repo.worktree_admin_dir(tree) / "modules"
+        for config in sorted(modules.rglob("config")):
+            if (config.parent / "HEAD").is_file():
+                urls[config.parent.relative_to(modules)] = self._config_value(config, "remote.origin.url")
+        return urls
+
+    def _config_value(self, config: Path, key: str) -> str | None:
+        try:
+            return self.repo.runner.run("submodules", ["config", "--file", str(config), "--get", key]).strip()
+        except GitError:
+            return None
 
     def _unpin_submodules(self, tree: Path) -> None:
         """Drop core.worktree from the submodules' git dirs before the tree is renamed.

@@ -103,6 +103,45 @@ def test_recursive_submodules_are_published_and_updated(nested, tmp_path):
     assert git("status", "--porcelain", cwd=second / "mid") == ""
 
 
+def test_a_new_commit_fetches_only_the_submodules_that_changed(nested, tmp_path):
+    top, mid, leaf = nested
+    root = tmp_path / "root"
+    with SmartHttpServer(top.path.parent) as server:
+        def fetched() -> set[str]:
+            """The repositories asked for objects since the last call."""
+            names = {request.path.split("/")[1] for request in server.fetch_requests()}
+            server.clear_requests()
+            return names
+
+        engine, result = sync(root, server.url_for("top.git"), "--submodules", "recursive")
+        assert result.result == "published", result.error
+        assert fetched() == {"top.git", "mid.git", "leaf.git"}
+
+        # Only the superproject changed: git keeps submodule repositories per tree, yet
+        # the new tree's start as links to the published tree's and fetch nothing.
+        top.commit_and_push({"top.txt": "top v2\n"}, "top v2")
+        assert engine.sync_once("poll").result == "published"
+        second = published(root)
+        assert fetched() == {"top.git"}
+        assert (second / "top.txt").read_text() == "top v2\n"
+        assert (second / "mid" / "leaf" / "leaf.txt").read_text() == "leaf v1\n"
+
+        # A new leaf commit, through both bumps: each repository fetches what is new.
+        leaf.commit_and_push({"leaf.txt": "leaf v2\n"}, "leaf v2")
+        bump_submodule(mid, "leaf")
+        bump_submodule(top, "mid")
+        assert engine.sync_once("poll").result == "published"
+        third = published(root)
+        assert fetched() == {"top.git", "mid.git", "leaf.git"}
+        assert (third / "mid" / "leaf" / "leaf.txt").read_text() == "leaf v2\n"
+        assert git("status", "--porcelain", cwd=third / "mid") == ""
+        assert git("rev-parse", "HEAD", cwd=third / "mid" / "leaf") == leaf.head()
+        # ...and the tree the link left, readers may still be in, did not change through the links.
+        assert (second / "mid" / "leaf" / "leaf.txt").read_text() == "leaf v1\n"
+        assert git("rev-parse", "HEAD", cwd=second / "mid" / "leaf") != leaf.head()
+        assert git("status", "--porcelain", cwd=second / "mid") == ""
+
+
 def test_shallow_submodules_stop_at_the_first_level(nested, tmp_path):
     top, _, _ = nested
     root = tmp_path / "root"
@@ -135,10 +174,13 @@ def test_file_submodules_are_not_allowed_behind_the_users_back(nested, tmp_path)
 
 
 def test_a_submodule_that_cannot_be_fetched_fails_the_sync_and_keeps_the_tree(nested, tmp_path):
-    top, _, _ = nested
+    top, mid, _ = nested
     root = tmp_path / "root"
     engine, first = sync(root, top.url, "--submodules", "recursive", *ALLOW_FILE)
     assert first.result == "published", first.error
+    # A submodule commit gitsync does not have yet, at a URL that does not answer.
+    mid.commit_and_push({"mid.txt": "mid v2\n"}, "mid v2")
+    bump_submodule(top, "mid")
     (top.work / ".gitmodules").write_text(
         (top.work / ".gitmodules").read_text().replace("../mid.git", "../gone.git"))
     top.commit_and_push({"top.txt": "top v2\n"}, "point mid at a missing repository")
