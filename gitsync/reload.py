@@ -91,8 +91,8 @@ except OSError as error:
     sys.exit(127 if isinstance(error, FileNotFoundError) else 126)
 """ % PROG
 
-# Set for each command by gitsync-reload, never passed on from its own environment.
-PER_COMMAND_ENV = ("GITSYNC_HASH", "LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", "NOTIFY_SOCKET")
+# With --listen, set for each command by gitsync-reload, never passed on from its own environment.
+LISTEN_ENV = ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", "NOTIFY_SOCKET")
 
 TRUE_WORDS = {"1", "true", "yes", "on"}
 FALSE_WORDS = {"0", "false", "no", "off", ""}
@@ -647,7 +647,11 @@ class Supervisor:
         )
 
     def base_environ(self) -> dict[str, str]:
-        return {name: value for name, value in self.config.environ.items() if name not in PER_COMMAND_ENV}
+        """The environment every command starts from; with --listen, without a parent's
+        socket-activation variables (each command gets its own)."""
+        if self.listener is None:
+            return dict(self.config.environ)
+        return {name: value for name, value in self.config.environ.items() if name not in LISTEN_ENV}
 
     def start_warm(self, tree: str, environ: Mapping[str, str]) -> subprocess.Popen | None:
         """Hand tree and environ to the spare interpreter; None when there is none to use."""
