@@ -349,8 +349,7 @@ class Engine:
         if not self._depth_changed:
             return
         log.info("--depth is now %s; fetching %s again to match", self.config.depth, head.sha[:12])
-        self.repo.fetch(self._url, head.ref or head.sha, self.config.depth, deadline)
-        self._note_depth()
+        self._fetch(head, deadline)
 
     def _note_depth(self) -> None:
         if not self._depth_recorded:  # once a run: the first fetch, or a fresh repository's

@@ -217,10 +217,11 @@ class Repository:
     def set_config(self, key: str, value: str) -> None:
         self._git("init", "config", key, value)
 
-    def get_config(self, key: str) -> str | None:
-        """The value of `key` in the repository's config, None when unset."""
+    def get_config(self, key: str, file: Path | None = None) -> str | None:
+        """The value of `key` in the repository's config (or in `file`), None when unset."""
+        where = ["--file", str(file)] if file is not None else []
         try:
-            return self._git("init", "config", "--get", key).strip()
+            return self._git("config", "config", *where, "--get", key).strip()
         except GitError:  # exit 1: not set
             return None
 

@@ -324,25 +324,21 @@ class Publisher:
             dest.mkdir()
             _hardlink_tree(source, dest)
             return self._submodule_urls(tree)
-        except (OSError, subprocess.CalledProcessError, GitError) as err:
+        except (OSError, subprocess.CalledProcessError) as err:
             log.warning("could not reuse the submodules of %s, cloning them again: %s", sha, err)
             shutil.rmtree(dest, ignore_errors=True)
             return {}
 
     def _submodule_urls(self, tree: Path) -> dict[Path, str | None]:
         """remote.origin.url of each submodule repository of the tree, at every depth."""
-        urls: dict[Path, str | None] = {}
         modules = self.repo.worktree_admin_dir(tree) / "modules"
-        for config in sorted(modules.rglob("config")):
-            if (config.parent / "HEAD").is_file():
-                urls[config.parent.relative_to(modules)] = self._config_value(config, "remote.origin.url")
-        return urls
+        return {config.parent.relative_to(modules): self.repo.get_config("remote.origin.url", file=config)
+                for config in self._submodule_configs(tree)}
 
-    def _config_value(self, config: Path, key: str) -> str | None:
-        try:
-            return self.repo.runner.run("submodules", ["config", "--file", str(config), "--get", key]).strip()
-        except GitError:
-            return None
+    def _submodule_configs(self, tree: Path) -> list[Path]:
+        """The config file of each submodule repository git keeps for the tree, at every depth."""
+        modules = self.repo.worktree_admin_dir(tree) / "modules"
+        return [config for config in sorted(modules.rglob("config")) if (config.parent / "HEAD").is_file()]
 
     def _unpin_submodules(self, tree: Path) -> None:
         """Drop core.worktree from the submodules' git dirs before the tree is renamed.
@@ -350,9 +346,8 @@ class Publisher:
         It names the tree's current path; without it git finds each submodule's
         tree from the .git file inside it, which stays right wherever the tree goes.
         """
-        modules = self.repo.worktree_admin_dir(tree) / "modules"
-        for config in sorted(modules.rglob("config")):
-            if (config.parent / "HEAD").is_file() and _WORKTREE_SETTING.search(config.read_text()):
+        for config in self._submodule_configs(tree):
+            if _WORKTREE_SETTING.search(config.read_text()):
                 self.repo.runner.run("submodules", ["config", "--file", str(config),
                                                     "--unset-all", "core.worktree"])
 
