@@ -26,6 +26,8 @@ SIGNAL_POLL = 0.1
 def main(argv: Sequence[str] | None = None) -> int:
     config = config_module.load(sys.argv[1:] if argv is None else argv, os.environ)
     setup_logging(config.log_format, config.verbose)
+    for warning in config_module.TABLE.unknown_env(os.environ, ignore_prefixes=("GITSYNC_RELOAD_",)):
+        log.warning("%s", warning)
     engine = build_engine(config)
     hooks = attach_hooks(config, engine)
     wake = threading.Event()

@@ -1,111 +1,106 @@
-"""The one frozen Config, built once at start from flags and GITSYNC_* variables.
+"""gitsync's options and the one frozen Config built from them at start.
 
-Every option is declared once in OPTIONS; argparse, the environment lookup, the
-validation and the README check all read that table. A flag on the command line
-wins over its variable; a bad value exits 2 with one line naming the flag.
+Every option is declared once in OPTIONS (gitsync.options reads the table for argparse,
+the environment, --help and the configuration reference); every rule that ties options
+together is checked here, once. A bad value exits 2 with one line naming the flag.
 """
 
 from __future__ import annotations
 
-import argparse
-import signal
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Mapping, NoReturn, Sequence
+from typing import Any, Mapping, Sequence
 from urllib.parse import urlsplit
 
 from . import __version__
-from .durations import format_duration, parse_duration
+from .durations import parse_duration
+from .options import (ConfigError, Option, Table, parse_bool, parse_bytes, parse_host_port, parse_int,
+                      parse_list, parse_signal)
+
+__all__ = ["OPTIONS", "TABLE", "Config", "ConfigError", "parse_args", "load"]
 
 ENV_PREFIX = "GITSYNC_"
 DEFAULT_MAX_BODY = 5 * 1024 * 1024
 
 
-class ConfigError(Exception):
-    """A bad or missing option; the message is one line and names the flag."""
-
-
-@dataclass(frozen=True)
-class Option:
-    flag: str                      # "--sync-timeout"
-    kind: str                      # str, int, duration, bool, list, choice, signal, bytes
-    default: Any
-    help: str
-    choices: tuple[str, ...] = ()
-    required: bool = False
-    metavar: str | None = None
-
-    @property
-    def dest(self) -> str:
-        return self.flag.lstrip("-").replace("-", "_")
-
-    @property
-    def env(self) -> str:
-        return ENV_PREFIX + self.dest.upper()
+def _group(name: str, *options: Option) -> tuple[Option, ...]:
+    return tuple(replace(option, group=name) for option in options)
 
 
 OPTIONS: tuple[Option, ...] = (
-    Option("--repo", "str", None, "the git repository to sync (URL or path); required", required=True,
-           metavar="URL"),
-    Option("--ref", "str", "HEAD", "the branch, tag or full commit SHA to sync; HEAD is the "
-           "remote's default branch"),
-    Option("--root", "str", None, "the directory for the repository, worktrees and link; required",
-           required=True, metavar="DIR"),
-    Option("--link", "str", "", "the symlink to the published tree, relative to --root unless "
-           "absolute (default: the last path part of --repo)", metavar="PATH"),
-    Option("--depth", "int", 1, "fetch this many commits of history; 0 fetches all"),
-    Option("--period", "duration", 10.0, "how long to wait between polls of the remote"),
-    Option("--sync-timeout", "duration", 120.0, "the longest one sync may take; git is killed after it"),
-    Option("--max-failures", "int", 0, "consecutive failed syncs allowed before exiting "
-           "(0: exit on the first failure, -1: never exit)"),
-    Option("--one-time", "bool", False, "sync once, then exit (0 on success)"),
-    Option("--username", "str", "", "the username for HTTPS remotes"),
-    Option("--password-file", "str", "", "a file holding the HTTPS password or token, read again "
-           "before every sync (or set GITSYNC_PASSWORD)", metavar="FILE"),
-    Option("--ssh-key-file", "list", ("/etc/git-secret/ssh",), "an SSH private key for SSH "
-           "remotes; repeat the flag (or comma-separate the variable) for several", metavar="FILE"),
-    Option("--ssh-known-hosts", "bool", True, "check the SSH host key against --ssh-known-hosts-file"),
-    Option("--ssh-known-hosts-file", "str", "/etc/git-secret/known_hosts", "the known_hosts file "
-           "for SSH remotes", metavar="FILE"),
-    Option("--submodules", "choice", "recursive", "how to check out submodules",
-           choices=("recursive", "shallow", "off")),
-    Option("--sparse-checkout-file", "str", "", "a file of sparse-checkout patterns; only matching "
-           "paths are checked out", metavar="FILE"),
-    Option("--git-config", "str", "", "extra git config for every git call, as key:value pairs "
-           "separated by commas", metavar="LIST"),
-    Option("--exechook-command", "str", "", "a command run in the new tree after each publish, "
-           "with GITSYNC_HASH set", metavar="CMD"),
-    Option("--exechook-timeout", "duration", 30.0, "the longest the exechook may run"),
-    Option("--exechook-backoff", "duration", 3.0, "the wait before retrying a failed exechook"),
-    Option("--webhook-url", "str", "", "a URL called after each publish (outbound; header "
-           "Gitsync-Hash)", metavar="URL"),
-    Option("--webhook-method", "str", "POST", "the HTTP method of the outbound webhook"),
-    Option("--webhook-success-status", "int", 200, "the status that means the outbound webhook "
-           "succeeded; 0 sends without waiting for an answer"),
-    Option("--webhook-timeout", "duration", 1.0, "the longest the outbound webhook may take"),
-    Option("--webhook-backoff", "duration", 3.0, "the wait before retrying a failed outbound webhook"),
-    Option("--touch-file", "str", "", "a file touched after each publish, relative to --root "
-           "unless absolute", metavar="FILE"),
-    Option("--error-file", "str", "", "a file holding the last sync error, removed after a "
-           "successful sync; relative to --root unless absolute", metavar="FILE"),
-    Option("--sync-on-signal", "signal", None, "sync at once when this signal arrives (e.g. HUP)",
-           metavar="SIGNAL"),
-    Option("--stale-worktree-timeout", "duration", 0.0, "keep a tree the link left at least this "
-           "long (it is always kept until the next publish)"),
-    Option("--http-bind", "str", "0.0.0.0:8080", "the address of the HTTP API; port 0 picks a "
-           "free port; empty turns the API off", metavar="HOST:PORT"),
-    Option("--http-metrics", "bool", True, "serve Prometheus metrics at /metrics"),
-    Option("--receiver-secret-file", "str", "", "a file holding the shared secret for inbound push "
-           "webhooks (or set GITSYNC_RECEIVER_SECRET); without it /api/v1/webhook answers 404",
-           metavar="FILE"),
-    Option("--receiver-max-body", "bytes", DEFAULT_MAX_BODY, "the largest inbound webhook body "
-           "accepted, in bytes (suffixes KiB, MiB allowed)"),
-    Option("--api-token-file", "str", "", "a file holding the bearer token for POST /api/v1/sync "
-           "(or set GITSYNC_API_TOKEN); without it that endpoint answers 404", metavar="FILE"),
-    Option("--log-format", "choice", "text", "the log line format", choices=("text", "json")),
-    Option("--verbose", "int", 0, "log verbosity: 0 normal, 1 and up adds debug lines (also -v)",
-           metavar="N"),
+    *_group("repository",
+        Option("--repo", str, None, "the git repository to sync (URL or path); required", required=True,
+               metavar="URL"),
+        Option("--ref", str, "HEAD", "the branch, tag or full commit SHA to sync; HEAD is the "
+               "remote's default branch", metavar="REF"),
+        Option("--root", str, None, "the directory for the repository, worktrees and link; required",
+               required=True, metavar="DIR"),
+        Option("--link", str, "", "the symlink to the published tree, relative to --root unless "
+               "absolute (default: the last path part of --repo)", metavar="PATH"),
+        Option("--depth", parse_int, 1, "fetch this many commits of history; 0 fetches all"),
+        Option("--submodules", str, "recursive", "how to check out submodules",
+               choices=("recursive", "shallow", "off")),
+        Option("--sparse-checkout-file", str, "", "a file of sparse-checkout patterns; only matching "
+               "paths are checked out", metavar="FILE"),
+        Option("--git-config", str, "", "extra git config for every git call, as key:value pairs "
+               "separated by commas", metavar="LIST"),
+    ),
+    *_group("timing",
+        Option("--period", parse_duration, 10.0, "how long to wait between polls of the remote"),
+        Option("--sync-timeout", parse_duration, 120.0, "the longest one sync may take; git is killed after it"),
+        Option("--max-failures", parse_int, 0, "consecutive failed syncs allowed before exiting "
+               "(0: exit on the first failure, -1: never exit)"),
+        Option("--one-time", parse_bool, False, "sync once, then exit (0 on success)"),
+        Option("--stale-worktree-timeout", parse_duration, 0.0, "keep a tree the link left at least this "
+               "long (it is always kept until the next publish)"),
+    ),
+    *_group("credentials",
+        Option("--username", str, "", "the username for HTTPS remotes"),
+        Option("--password-file", str, "", "a file holding the HTTPS password or token, read again "
+               "before every sync (or set GITSYNC_PASSWORD)", metavar="FILE"),
+        Option("--ssh-key-file", parse_list, ("/etc/git-secret/ssh",), "an SSH private key for SSH "
+               "remotes; repeat the flag (or comma-separate the variable) for several", metavar="FILE"),
+        Option("--ssh-known-hosts", parse_bool, True, "check the SSH host key against --ssh-known-hosts-file"),
+        Option("--ssh-known-hosts-file", str, "/etc/git-secret/known_hosts", "the known_hosts file "
+               "for SSH remotes", metavar="FILE"),
+    ),
+    *_group("after a publish",
+        Option("--exechook-command", str, "", "a command run in the new tree after each publish, "
+               "with GITSYNC_HASH set", metavar="CMD"),
+        Option("--exechook-timeout", parse_duration, 30.0, "the longest the exechook may run"),
+        Option("--exechook-backoff", parse_duration, 3.0, "the wait before retrying a failed exechook"),
+        Option("--webhook-url", str, "", "a URL called after each publish (outbound; header "
+               "Gitsync-Hash)", metavar="URL"),
+        Option("--webhook-method", str, "POST", "the HTTP method of the outbound webhook"),
+        Option("--webhook-success-status", parse_int, 200, "the status that means the outbound webhook "
+               "succeeded; 0 sends without waiting for an answer"),
+        Option("--webhook-timeout", parse_duration, 1.0, "the longest the outbound webhook may take"),
+        Option("--webhook-backoff", parse_duration, 3.0, "the wait before retrying a failed outbound webhook"),
+        Option("--touch-file", str, "", "a file touched after each publish, relative to --root "
+               "unless absolute", metavar="FILE"),
+        Option("--error-file", str, "", "a file holding the last sync error, removed after a "
+               "successful sync; relative to --root unless absolute", metavar="FILE"),
+    ),
+    *_group("triggers and the HTTP API",
+        Option("--sync-on-signal", parse_signal, None, "sync at once when this signal arrives (e.g. HUP)",
+               metavar="SIGNAL"),
+        Option("--http-bind", str, "0.0.0.0:8080", "the address of the HTTP API; port 0 picks a "
+               "free port; empty turns the API off", metavar="HOST:PORT"),
+        Option("--http-metrics", parse_bool, True, "serve Prometheus metrics at /metrics"),
+        Option("--receiver-secret-file", str, "", "a file holding the shared secret for inbound push "
+               "webhooks (or set GITSYNC_RECEIVER_SECRET); without it /api/v1/webhook answers 404",
+               metavar="FILE"),
+        Option("--receiver-max-body", parse_bytes, DEFAULT_MAX_BODY, "the largest inbound webhook body "
+               "accepted, in bytes (suffixes KiB, MiB allowed)"),
+        Option("--api-token-file", str, "", "a file holding the bearer token for POST /api/v1/sync "
+               "(or set GITSYNC_API_TOKEN); without it that endpoint answers 404", metavar="FILE"),
+    ),
+    *_group("logging",
+        Option("--log-format", str, "text", "the log line format", choices=("text", "json")),
+        Option("--verbose", parse_int, 0, "log verbosity: 0 normal, 1 and up adds debug lines",
+               metavar="N", aliases=("-v",)),
+    ),
 )
 
 EXAMPLES = """\
@@ -162,120 +157,21 @@ class Config:
     version: str = __version__
 
 
-# -- value parsers: each takes the text and returns the value or raises ValueError --
-
-def _parse_bool(text: str) -> bool:
-    lowered = text.strip().lower()
-    if lowered in ("1", "t", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "f", "false", "no", "off"):
-        return False
-    raise ValueError(f"expected true or false, got {text!r}")
+TABLE = Table(
+    prog="gitsync", env_prefix=ENV_PREFIX, options=OPTIONS, epilog=EXAMPLES, version=__version__,
+    description="Keep <root>/<link> pointing at the newest commit of a git ref, "
+                "published atomically, and serve a status, health and webhook API.",
+    extra_env=("GITSYNC_PASSWORD", "GITSYNC_RECEIVER_SECRET", "GITSYNC_API_TOKEN", "GITSYNC_HASH"),
+)
 
 
-def _parse_int(text: str) -> int:
-    try:
-        return int(text.strip())
-    except ValueError:
-        raise ValueError(f"expected a whole number, got {text!r}") from None
-
-
-def _parse_signal(text: str) -> int:
-    name = text.strip().upper()
-    if name.isdigit():
-        return signal.Signals(int(name)).value
-    name = name if name.startswith("SIG") else f"SIG{name}"
-    try:
-        return signal.Signals[name].value
-    except KeyError:
-        raise ValueError(f"unknown signal {text!r}") from None
-
-
-def _parse_bytes(text: str) -> int:
-    value = text.strip()
-    for suffix, factor in (("KiB", 1024), ("MiB", 1024 ** 2), ("GiB", 1024 ** 3), ("B", 1)):
-        if value.endswith(suffix):
-            return _parse_int(value[: -len(suffix)]) * factor
-    return _parse_int(value)
-
-
-def _parse_list(text: str) -> tuple[str, ...]:
-    return tuple(part.strip() for part in text.split(",") if part.strip())
-
-
-_PARSERS: dict[str, Callable[[str], Any]] = {
-    "str": str, "int": _parse_int, "duration": parse_duration, "bool": _parse_bool,
-    "signal": _parse_signal, "bytes": _parse_bytes, "list": _parse_list, "choice": str,
-}
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports a usage error on one line with exit status 2."""
-
-    def error(self, message: str) -> NoReturn:
-        raise ConfigError(message)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="gitsync", epilog=EXAMPLES,
-                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                     description="Keep <root>/<link> pointing at the newest commit of a git ref, "
-                                 "published atomically, and serve a status, health and webhook API.")
-    for opt in OPTIONS:
-        names = [opt.flag, "-v"] if opt.flag == "--verbose" else [opt.flag]
-        default_text = _default_text(opt)
-        help_text = f"{opt.help} [env {opt.env}{default_text}]"
-        if opt.kind == "bool":
-            parser.add_argument(*names, dest=opt.dest, nargs="?", const="true", default=None,
-                                metavar="BOOL", help=help_text)
-        elif opt.kind == "list":
-            parser.add_argument(*names, dest=opt.dest, action="append", default=None,
-                                metavar=opt.metavar, help=help_text)
-        else:
-            parser.add_argument(*names, dest=opt.dest, default=None, help=help_text,
-                                metavar=opt.metavar or ("|".join(opt.choices) if opt.choices
-                                                        else opt.kind.upper()))
-    parser.add_argument("--version", action="version", version=f"gitsync {__version__}")
-    return parser
-
-
-def _default_text(opt: Option) -> str:
-    if opt.required or opt.default in (None, "", ()):
-        return ""
-    if opt.kind == "duration":
-        return f", default {format_duration(opt.default)}"
-    if opt.kind == "bool":
-        return f", default {str(opt.default).lower()}"
-    if opt.kind == "list":
-        return f", default {','.join(opt.default)}"
-    return f", default {opt.default}"
+def build_parser():
+    return TABLE.parser()
 
 
 def parse_args(argv: Sequence[str], environ: Mapping[str, str]) -> Config:
     """Build the Config; raise ConfigError with a one-line message on any bad input."""
-    namespace = build_parser().parse_args(list(argv))
-    values = {opt.dest: _option_value(opt, namespace, environ) for opt in OPTIONS}
-    return _make_config(values, environ)
-
-
-def _option_value(opt: Option, namespace: argparse.Namespace, environ: Mapping[str, str]) -> Any:
-    raw = getattr(namespace, opt.dest)
-    source = opt.flag
-    if raw is None and environ.get(opt.env, "") != "":
-        raw, source = environ[opt.env], opt.env
-    if raw is None:
-        if opt.required:
-            raise ConfigError(f"{opt.flag} is required (or set {opt.env})")
-        return opt.default
-    try:
-        if opt.kind == "list" and isinstance(raw, list):
-            return tuple(item for text in raw for item in _parse_list(text))
-        value = _PARSERS[opt.kind](raw)
-    except ValueError as err:
-        raise ConfigError(f"{source}: {err}") from None
-    if opt.choices and value not in opt.choices:
-        raise ConfigError(f"{source}: must be one of {', '.join(opt.choices)}, got {value!r}")
-    return value
+    return _make_config(TABLE.parse(argv, environ), environ)
 
 
 def _make_config(v: dict[str, Any], environ: Mapping[str, str]) -> Config:
@@ -409,18 +305,10 @@ def _split_unquoted_commas(text: str) -> list[str]:
 
 
 def _parse_bind(text: str) -> tuple[str, int] | None:
-    if not text.strip():
-        return None
-    host, sep, port = text.strip().rpartition(":")
-    if not sep:
-        raise ConfigError(f"--http-bind: expected HOST:PORT, got {text!r}")
     try:
-        number = int(port)
-    except ValueError:
-        raise ConfigError(f"--http-bind: port {port!r} is not a number") from None
-    if not 0 <= number <= 65535:
-        raise ConfigError(f"--http-bind: port {number} is out of range")
-    return host.strip("[]") or "0.0.0.0", number
+        return parse_host_port(text)
+    except ValueError as err:
+        raise ConfigError(f"--http-bind: {err}") from None
 
 
 def _read_secret(flag: str, path: str, env_value: str | None) -> bytes | None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gitsync.config import OPTIONS, ConfigError, parse_args
+from gitsync.config import OPTIONS, TABLE, ConfigError, parse_args
 from gitsync.durations import parse_duration
 
 BASE = ["--repo", "https://github.com/org/app.git", "--root", "/git"]
@@ -46,7 +46,7 @@ def test_every_flag_reads_its_environment_variable_and_the_flag_wins():
 
 @pytest.mark.parametrize("option", OPTIONS, ids=lambda o: o.flag)
 def test_each_option_has_an_environment_name(option):
-    assert option.env == "GITSYNC_" + option.flag[2:].upper().replace("-", "_")
+    assert TABLE.env(option) == "GITSYNC_" + option.flag[2:].upper().replace("-", "_")
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -59,7 +59,7 @@ def test_each_option_has_an_environment_name(option):
     (BASE + ["--submodules", "some"], "--submodules: must be one of recursive, shallow, off, got 'some'"),
     (BASE + ["--one-time=maybe"], "--one-time: expected true or false, got 'maybe'"),
     (BASE + ["--http-bind", "localhost"], "--http-bind: expected HOST:PORT, got 'localhost'"),
-    (BASE + ["--sync-on-signal", "SIGNOPE"], "--sync-on-signal: unknown signal 'SIGNOPE'"),
+    (BASE + ["--sync-on-signal", "SIGNOPE"], "--sync-on-signal: unknown signal 'SIGNOPE' (use e.g. TERM, INT, HUP or 15)"),
     (BASE + ["--git-config", "novalue"], "--git-config: expected key:value, got 'novalue'"),
     (BASE + ["--frobnicate"], "unrecognized arguments: --frobnicate"),
 ])

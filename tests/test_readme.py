@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from gitsync.config import OPTIONS, _default_text
+from gitsync.config import OPTIONS, TABLE
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 
@@ -16,8 +16,8 @@ README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 def test_every_flag_is_in_the_reference_with_its_variable_and_default(option):
     rows = [line for line in README.splitlines() if line.startswith(f"| `{option.flag}` |")]
     assert rows, f"{option.flag} is missing from the README's configuration reference"
-    assert f"`{option.env}`" in rows[0]
-    default = _default_text(option).removeprefix(", default ")
+    assert f"`{TABLE.env(option)}`" in rows[0]
+    default = option.describe_default()
     if default:
         assert f"| {default} |" in rows[0], f"{option.flag}: README default differs from the code"
 
