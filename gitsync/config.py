@@ -60,7 +60,8 @@ OPTIONS: tuple[Option, ...] = (
         Option("--password-file", str, "", "a file holding the HTTPS password or token, read again "
                "before every sync (or set GITSYNC_PASSWORD)", metavar="FILE"),
         Option("--ssh-key-file", parse_list, ("/etc/git-secret/ssh",), "an SSH private key for SSH "
-               "remotes; repeat the flag (or comma-separate the variable) for several", metavar="FILE"),
+               "remotes; repeat the flag (or comma-separate the variable) for several", metavar="FILE",
+               repeatable=True),
         Option("--ssh-known-hosts", parse_bool, True, "check the SSH host key against --ssh-known-hosts-file"),
         Option("--ssh-known-hosts-file", str, "/etc/git-secret/known_hosts", "the known_hosts file "
                "for SSH remotes", metavar="FILE"),
@@ -98,8 +99,8 @@ OPTIONS: tuple[Option, ...] = (
     ),
     *_group("logging",
         Option("--log-format", str, "text", "the log line format", choices=("text", "json")),
-        Option("--verbose", parse_int, 0, "log verbosity: 0 normal, 1 and up adds debug lines",
-               metavar="N", aliases=("-v",)),
+        Option("--verbose", parse_int, 0, "log verbosity: 0 normal, 1 and up adds debug lines; -v alone is 1, as are -v=1 and -v 1",
+               metavar="N", aliases=("-v",), bare_value="1"),
     ),
 )
 
@@ -176,8 +177,11 @@ def parse_args(argv: Sequence[str], environ: Mapping[str, str]) -> Config:
 
 def _make_config(v: dict[str, Any], environ: Mapping[str, str]) -> Config:
     _check_ranges(v)
+    _check_repo_url(v["repo"])
     _check_credentials(v, environ)
     root = Path(v["root"]).expanduser().absolute()
+    if root.exists() and not root.is_dir():
+        raise ConfigError(f"--root: {root} exists and is not a directory")
     sparse_file = _optional_path(v["sparse_checkout_file"], None)
     return Config(
         repo=v["repo"], ref=v["ref"].strip() or "HEAD", root=root,
@@ -259,6 +263,17 @@ def _check_ranges(v: dict[str, Any]) -> None:
             raise ConfigError(f"{flag}: {why}")
 
 
+GIT_URL_SCHEMES = ("http", "https", "ssh", "git", "file", "git+ssh", "ssh+git")
+
+
+def _check_repo_url(repo: str) -> None:
+    """A misspelt scheme fails here, at start, not at the first fetch with git's riddle."""
+    scheme, sep, _ = repo.partition("://")
+    if sep and scheme.lower() not in GIT_URL_SCHEMES:
+        raise ConfigError(f"--repo: unknown URL scheme {scheme + '://'!r} "
+                          "(use https://, http://, ssh://, git://, file:// or user@host:path)")
+
+
 def _resolve_link(link: str, repo: str, root: Path) -> Path:
     if not link:
         # git-sync's rule: the last part of the repo URL, as it is (".git" kept).
@@ -269,6 +284,10 @@ def _resolve_link(link: str, repo: str, root: Path) -> Path:
     resolved = path if path.is_absolute() else root / path
     if resolved == root or resolved.name in ("", ".", ".."):
         raise ConfigError(f"--link: {link!r} is not a usable link name")
+    for own in (root / ".git", root / ".worktrees"):
+        if resolved == own or own in resolved.parents:
+            raise ConfigError(f"--link: {link!r} would be inside {own.name}, which gitsync keeps for "
+                              "itself; choose another name")
     return resolved
 
 

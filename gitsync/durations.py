@@ -9,7 +9,8 @@ _PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
 def parse_duration(text: str) -> float:
     """Return the duration in seconds; raise ValueError for anything Go would reject.
 
-    A bare number is taken as seconds, which is what most people mean by "10".
+    As in Go (and git-sync), a number needs a unit: "10" is refused, since it could mean
+    seconds or milliseconds; only "0" stands alone.
     """
     value = text.strip()
     if not value:
@@ -17,7 +18,9 @@ def parse_duration(text: str) -> float:
     sign = -1.0 if value.startswith("-") else 1.0
     value = value.lstrip("+-")
     if re.fullmatch(r"\d+(?:\.\d*)?", value):
-        return sign * float(value)
+        if float(value) == 0:
+            return 0.0
+        raise ValueError(f"invalid duration {text!r}: a number needs a unit, e.g. {value}s or {value}ms")
     total, pos = 0.0, 0
     for match in _PART.finditer(value):
         if match.start() != pos:

@@ -115,6 +115,7 @@ class Option:
     required: bool = False
     repeatable: bool = False                  # the flag may be given several times (values joined)
     aliases: tuple[str, ...] = ()             # e.g. ("-v",)
+    bare_value: str | None = None             # the value of the flag given alone ("-v" means "-v=1")
     default_text: str | None = None           # what --help and the docs say the default is
 
     @property
@@ -167,8 +168,10 @@ class Table:
         return self.env_prefix + option.dest.upper()
 
     def parser(self) -> argparse.ArgumentParser:
+        # No abbreviations: "--git=x" must not quietly mean --git-config.
         parser = _Parser(prog=self.prog, usage=self.usage, description=self.description,
-                         epilog=self.epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
+                         epilog=self.epilog, formatter_class=argparse.RawDescriptionHelpFormatter,
+                         allow_abbrev=False)
         groups: dict[str, Any] = {}
         for option in self.options:
             group = groups.get(option.group)
@@ -193,8 +196,9 @@ class Table:
         else:
             metavar = option.metavar or ("|".join(option.choices) if option.choices
                                          else _METAVARS.get(option.parse, "VALUE"))
+            extra: dict[str, Any] = {"nargs": "?", "const": option.bare_value} if option.bare_value else {}
             group.add_argument(*names, dest=option.dest, default=None, metavar=metavar, help=text,
-                               action="append" if option.repeatable else "store")
+                               action="append" if option.repeatable else "store", **extra)
 
     def parse(self, argv: Sequence[str], environ: Mapping[str, str]) -> dict[str, Any]:
         """Every option's value by dest (plus `command` when the table takes one);

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -177,3 +178,12 @@ def test_sigterm_with_the_api_running_always_stops_within_two_seconds(remote, tm
                        "--http-bind", "127.0.0.1:0", "--period", "1h")
         wait_for(lambda: "serving the HTTP API" in proc.output, message="the API to start")
         assert stop_within(proc, signal.SIGTERM, 2.0) < 2.0, f"attempt {attempt}: {proc.output}"
+
+
+def test_a_misspelt_variable_is_warned_about_with_the_closest_name(remote, tmp_path):
+    env = {**os.environ, "GITSYNC_PERIOUD": "1s"}
+    proc = subprocess.run([GITSYNC, "--repo", remote.url, "--root", str(tmp_path / "root"), "--one-time"],
+                          capture_output=True, text=True, timeout=30, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert ("GITSYNC_PERIOUD is not a gitsync setting and is ignored; did you mean GITSYNC_PERIOD?"
+            in proc.stderr)

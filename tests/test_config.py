@@ -118,10 +118,45 @@ def test_unreadable_secret_file_is_a_config_error(tmp_path):
 
 
 @pytest.mark.parametrize("text, seconds", [("500ms", 0.5), ("10s", 10), ("2m", 120),
-                                           ("1m30s", 90), ("1h", 3600), ("1.5s", 1.5), ("7", 7)])
+                                           ("1m30s", 90), ("1h", 3600), ("1.5s", 1.5), ("0", 0)])
 def test_go_durations(text, seconds):
     assert parse_duration(text) == seconds
 
 
+def test_a_duration_without_a_unit_is_refused_as_git_sync_does():
+    with pytest.raises(ConfigError, match=r"^--period: invalid duration '10': a number needs a unit, e\.g\. 10s"):
+        parse_args(BASE + ["--period", "10"], {})
+
+
 def test_receiver_max_body_takes_units():
     assert parse_args(BASE + ["--receiver-max-body", "64KiB"], {}).receiver_max_body == 65536
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--repo", "htps://example.com/app.git", "--root", "/git"],
+     "--repo: unknown URL scheme 'htps://' (use https://, http://, ssh://, git://, file:// or user@host:path)"),
+    (BASE + ["--link", ".git"], "--link: '.git' would be inside .git, which gitsync keeps for itself; choose another name"),
+    (BASE + ["--link", ".worktrees/x"],
+     "--link: '.worktrees/x' would be inside .worktrees, which gitsync keeps for itself; choose another name"),
+])
+def test_settings_that_cannot_work_are_refused_at_start(argv, message):
+    with pytest.raises(ConfigError) as err:
+        parse_args(argv, {})
+    assert str(err.value) == message
+
+
+def test_a_root_that_is_a_file_is_refused_at_start(tmp_path):
+    root = tmp_path / "root"
+    root.write_text("not a directory")
+    with pytest.raises(ConfigError, match=rf"^--root: {root} exists and is not a directory$"):
+        parse_args(["--repo", "https://example.com/a.git", "--root", str(root)], {})
+
+
+@pytest.mark.parametrize("flags, level", [(["-v"], 1), (["-v=6"], 6), (["-v", "2"], 2), (["--verbose=3"], 3)])
+def test_verbose_as_git_sync_takes_it(flags, level):
+    assert parse_args(BASE + flags, {}).verbose == level
+
+
+def test_no_abbreviated_flags():
+    with pytest.raises(ConfigError, match="unrecognized arguments: --git=x"):
+        parse_args(BASE + ["--git=x"], {})
