@@ -8,11 +8,14 @@ STAMP  := $(VENV)/.installed
 
 venv: $(STAMP)
 
+# pip's chatter goes to .venv/install.log; it is shown only if the install fails.
 $(STAMP): pyproject.toml demo-app/requirements.txt
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]' -r demo-app/requirements.txt
-	touch $(STAMP)
+	@echo "setting up $(VENV) (first run, or pyproject.toml changed); log in $(VENV)/install.log"
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@{ $(BIN)/python -m pip install --upgrade pip && \
+	   $(BIN)/python -m pip install -e '.[test]' -r demo-app/requirements.txt; } > $(VENV)/install.log 2>&1 \
+	   || { cat $(VENV)/install.log; echo "pip install failed (log above)"; exit 1; }
+	@touch $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
