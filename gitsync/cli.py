@@ -8,7 +8,7 @@ import os
 import signal
 import sys
 import threading
-from typing import Sequence
+from collections.abc import Sequence
 
 from . import config as config_module
 from .auth import Credentials

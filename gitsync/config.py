@@ -1,4 +1,4 @@
-"""gitsync's options and the one frozen Config built from them at start.
+"""The one frozen Config, built at start from the values of gitsync's option table (flags.py).
 
 Every option is declared once in OPTIONS (gitsync.options reads the table for argparse,
 the environment, --help and the configuration reference); every rule that ties options
@@ -7,112 +7,29 @@ together is checked here, once. A bad value exits 2 with one line naming the fla
 
 from __future__ import annotations
 
+import re
 import sys
-from dataclasses import dataclass, field, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 from urllib.parse import urlsplit
 
 from . import __version__
-from .durations import parse_duration
-from .options import (ConfigError, Option, Table, parse_bool, parse_bytes, parse_host_port, parse_int,
-                      parse_list, parse_signal)
+from .flags import OPTIONS, TABLE
+from .options import ConfigError, parse_host_port, parse_list
 
 __all__ = ["OPTIONS", "TABLE", "Config", "ConfigError", "parse_args", "load"]
 
-ENV_PREFIX = "GITSYNC_"
-DEFAULT_MAX_BODY = 5 * 1024 * 1024
 
 
-def _group(name: str, *options: Option) -> tuple[Option, ...]:
-    return tuple(replace(option, group=name) for option in options)
+@dataclass(frozen=True)
+class Peers:
+    """--peers: a DNS name resolved afresh each time (a headless Service), or fixed addresses."""
 
-
-OPTIONS: tuple[Option, ...] = (
-    *_group("repository",
-        Option("--repo", str, None, "the git repository to sync (URL or path); required", required=True,
-               metavar="URL"),
-        Option("--ref", str, "HEAD", "the branch, tag or full commit SHA to sync; HEAD is the "
-               "remote's default branch", metavar="REF"),
-        Option("--root", str, None, "the directory for the repository, worktrees and link; required",
-               required=True, metavar="DIR"),
-        Option("--link", str, "", "the symlink to the published tree, relative to --root unless "
-               "absolute (default: the last path part of --repo)", metavar="PATH"),
-        Option("--depth", parse_int, 1, "fetch this many commits of history; 0 fetches all"),
-        Option("--submodules", str, "recursive", "how to check out submodules",
-               choices=("recursive", "shallow", "off")),
-        Option("--sparse-checkout-file", str, "", "a file of sparse-checkout patterns; only matching "
-               "paths are checked out", metavar="FILE"),
-        Option("--git-config", str, "", "extra git config for every git call, as key:value pairs "
-               "separated by commas", metavar="LIST"),
-    ),
-    *_group("timing",
-        Option("--period", parse_duration, 10.0, "how long to wait between polls of the remote"),
-        Option("--sync-timeout", parse_duration, 120.0, "the longest one sync may take; git is killed after it"),
-        Option("--max-failures", parse_int, 0, "consecutive failed syncs allowed before exiting "
-               "(0: exit on the first failure, -1: never exit)"),
-        Option("--one-time", parse_bool, False, "sync once, then exit (0 on success)"),
-        Option("--stale-worktree-timeout", parse_duration, 0.0, "keep a tree the link left at least this "
-               "long (it is always kept until the next publish)"),
-    ),
-    *_group("credentials",
-        Option("--username", str, "", "the username for HTTPS remotes"),
-        Option("--password-file", str, "", "a file holding the HTTPS password or token, read again "
-               "before every sync (or set GITSYNC_PASSWORD)", metavar="FILE"),
-        Option("--ssh-key-file", parse_list, ("/etc/git-secret/ssh",), "an SSH private key for SSH "
-               "remotes; repeat the flag (or comma-separate the variable) for several", metavar="FILE",
-               repeatable=True),
-        Option("--ssh-known-hosts", parse_bool, True, "check the SSH host key against --ssh-known-hosts-file"),
-        Option("--ssh-known-hosts-file", str, "/etc/git-secret/known_hosts", "the known_hosts file "
-               "for SSH remotes", metavar="FILE"),
-    ),
-    *_group("after a publish",
-        Option("--exechook-command", str, "", "a command run in the new tree after each publish, "
-               "with GITSYNC_HASH set", metavar="CMD"),
-        Option("--exechook-timeout", parse_duration, 30.0, "the longest the exechook may run"),
-        Option("--exechook-backoff", parse_duration, 3.0, "the wait before retrying a failed exechook"),
-        Option("--webhook-url", str, "", "a URL called after each publish (outbound; header "
-               "Gitsync-Hash)", metavar="URL"),
-        Option("--webhook-method", str, "POST", "the HTTP method of the outbound webhook"),
-        Option("--webhook-success-status", parse_int, 200, "the status that means the outbound webhook "
-               "succeeded; 0 sends without waiting for an answer"),
-        Option("--webhook-timeout", parse_duration, 1.0, "the longest the outbound webhook may take"),
-        Option("--webhook-backoff", parse_duration, 3.0, "the wait before retrying a failed outbound webhook"),
-        Option("--touch-file", str, "", "a file touched after each publish, relative to --root "
-               "unless absolute", metavar="FILE"),
-        Option("--error-file", str, "", "a file holding the last sync error, removed after a "
-               "successful sync; relative to --root unless absolute", metavar="FILE"),
-    ),
-    *_group("triggers and the HTTP API",
-        Option("--sync-on-signal", parse_signal, None, "sync at once when this signal arrives (e.g. HUP)",
-               metavar="SIGNAL"),
-        Option("--http-bind", str, "0.0.0.0:8080", "the address of the HTTP API; port 0 picks a "
-               "free port; empty turns the API off", metavar="HOST:PORT"),
-        Option("--http-metrics", parse_bool, True, "serve Prometheus metrics at /metrics"),
-        Option("--receiver-secret-file", str, "", "a file holding the shared secret for inbound push "
-               "webhooks (or set GITSYNC_RECEIVER_SECRET); without it /api/v1/webhook answers 404",
-               metavar="FILE"),
-        Option("--receiver-max-body", parse_bytes, DEFAULT_MAX_BODY, "the largest inbound webhook body "
-               "accepted, in bytes (suffixes KiB, MiB allowed)"),
-        Option("--api-token-file", str, "", "a file holding the bearer token for POST /api/v1/sync "
-               "(or set GITSYNC_API_TOKEN); without it that endpoint answers 404", metavar="FILE"),
-    ),
-    *_group("logging",
-        Option("--log-format", str, "text", "the log line format", choices=("text", "json")),
-        Option("--verbose", parse_int, 0, "log verbosity: 0 normal, 1 and up adds debug lines; -v alone is 1, as are -v=1 and -v 1",
-               metavar="N", aliases=("-v",), bare_value="1"),
-    ),
-)
-
-EXAMPLES = """\
-examples:
-  gitsync --repo https://github.com/org/app --root /git --period 30s
-  GITSYNC_REPO=git@github.com:org/app.git GITSYNC_ROOT=/git gitsync --ref v1.2.0
-  gitsync --repo file:///srv/app.git --root /tmp/sync --one-time
-
-Every flag can also be set as GITSYNC_<FLAG_NAME> (e.g. GITSYNC_SYNC_TIMEOUT=2m);
-a flag on the command line wins. Durations take Go's form: 500ms, 10s, 2m.
-"""
+    dns_name: str | None
+    port: int | None
+    addresses: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -153,17 +70,17 @@ class Config:
     receiver_secret: bytes | None = field(repr=False)
     receiver_max_body: int
     api_token: str | None = field(repr=False)
+    app_status_url: str
+    app_health_url: str
+    rollout_timeout: float
+    rollback: bool
+    app_signal: int | None
+    app_process: str
+    peers: Peers | None
+    peer_secret: bytes | None = field(repr=False)
     log_format: str
     verbose: int
     version: str = __version__
-
-
-TABLE = Table(
-    prog="gitsync", env_prefix=ENV_PREFIX, options=OPTIONS, epilog=EXAMPLES, version=__version__,
-    description="Keep <root>/<link> pointing at the newest commit of a git ref, "
-                "published atomically, and serve a status, health and webhook API.",
-    extra_env=("GITSYNC_PASSWORD", "GITSYNC_RECEIVER_SECRET", "GITSYNC_API_TOKEN", "GITSYNC_HASH"),
-)
 
 
 def build_parser():
@@ -179,6 +96,7 @@ def _make_config(v: dict[str, Any], environ: Mapping[str, str]) -> Config:
     _check_ranges(v)
     _check_repo_url(v["repo"])
     _check_credentials(v, environ)
+    _check_rollouts_and_fleet(v, environ)
     root = Path(v["root"]).expanduser().absolute()
     if root.exists() and not root.is_dir():
         raise ConfigError(f"--root: {root} exists and is not a directory")
@@ -210,8 +128,65 @@ def _make_config(v: dict[str, Any], environ: Mapping[str, str]) -> Config:
         receiver_max_body=v["receiver_max_body"],
         api_token=_text_or_none(_read_secret("--api-token-file", v["api_token_file"],
                                              environ.get("GITSYNC_API_TOKEN"))),
+        app_status_url=v["app_status_url"], app_health_url=v["app_health_url"],
+        rollout_timeout=v["rollout_timeout"], rollback=v["rollback"],
+        app_signal=v["app_signal"], app_process=v["app_process"],
+        peers=_parse_peers(v["peers"]),
+        peer_secret=_read_secret("--peer-secret-file", v["peer_secret_file"],
+                                 environ.get("GITSYNC_PEER_SECRET")),
         log_format=v["log_format"], verbose=v["verbose"],
     )
+
+
+def _check_rollouts_and_fleet(v: dict[str, Any], environ: Mapping[str, str]) -> None:
+    for flag in ("app_status_url", "app_health_url"):
+        if v[flag] and urlsplit(v[flag]).scheme not in ("http", "https"):
+            name = "--" + flag.replace("_", "-")
+            raise ConfigError(f"{name}: expected an http:// or https:// URL, got {v[flag]!r}")
+    if v["app_status_url"] and v["app_health_url"]:
+        raise ConfigError("--app-status-url and --app-health-url are two ways to follow a "
+                          "rollout: give one")
+    if bool(v["app_signal"]) != bool(v["app_process"]):
+        raise ConfigError("--app-signal and --app-process go together: the signal, and which "
+                          "processes get it")
+    if v["app_process"]:
+        try:
+            re.compile(v["app_process"])
+        except re.error as err:
+            raise ConfigError(f"--app-process: not a regular expression: {err}") from None
+    if v["peers"] and not (v["peer_secret_file"] or environ.get("GITSYNC_PEER_SECRET", "").strip()):
+        raise ConfigError("--peers needs --peer-secret-file or GITSYNC_PEER_SECRET: peer calls are signed")
+
+
+def _parse_peers(text: str) -> Peers | None:
+    text = text.strip()
+    if not text:
+        return None
+    if text.startswith("dns:"):
+        name, sep, port = text[len("dns:"):].rpartition(":")
+        if not sep or not name:
+            raise ConfigError(f"--peers: expected dns:NAME:PORT, got {text!r}")
+        return Peers(dns_name=name, port=_peer_port(port, text))
+    addresses = []
+    for item in parse_list(text):
+        try:
+            address = parse_host_port(item)
+        except ValueError as err:
+            raise ConfigError(f"--peers: {err}") from None
+        if address is None or address[0] == "0.0.0.0" or address[1] == 0:
+            raise ConfigError(f"--peers: {item!r} is not a peer address (HOST:PORT)")
+        addresses.append(address)
+    return Peers(dns_name=None, port=None, addresses=tuple(addresses))
+
+
+def _peer_port(text: str, whole: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise ConfigError(f"--peers: port {text!r} in {whole!r} is not a number") from None
+    if not 0 < port <= 65535:
+        raise ConfigError(f"--peers: port {port} is out of range")
+    return port
 
 
 def _check_credentials(v: dict[str, Any], environ: Mapping[str, str]) -> None:
