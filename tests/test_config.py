@@ -160,3 +160,28 @@ def test_verbose_as_git_sync_takes_it(flags, level):
 def test_no_abbreviated_flags():
     with pytest.raises(ConfigError, match="unrecognized arguments: --git=x"):
         parse_args(BASE + ["--git=x"], {})
+
+
+def test_rollout_and_fleet_settings():
+    config = parse_args(BASE + ["--app-status-url", "http://127.0.0.1:9101/api/v1/status",
+                                "--peers", "dns:gitsync-peers:8080"], {"GITSYNC_PEER_SECRET": "s3cret"})
+    assert (config.rollout_timeout, config.rollback) == (60.0, True)
+    assert (config.peers.dns_name, config.peers.port) == ("gitsync-peers", 8080)
+    assert config.peer_secret == b"s3cret" and "s3cret" not in repr(config)
+    fixed = parse_args(BASE + ["--peers", "127.0.0.2:8080, [::1]:81"], {"GITSYNC_PEER_SECRET": "s"})
+    assert fixed.peers.addresses == (("127.0.0.2", 8080), ("::1", 81))
+
+
+@pytest.mark.parametrize("argv, message", [
+    (BASE + ["--peers", "127.0.0.2:8080"], "--peers needs --peer-secret-file or GITSYNC_PEER_SECRET"),
+    (BASE + ["--peers", "dns:svc"], "--peers: expected dns:NAME:PORT"),
+    (BASE + ["--app-status-url", "127.0.0.1:9101"], "--app-status-url: expected an http:// or https:// URL"),
+    (BASE + ["--app-status-url", "http://a/s", "--app-health-url", "http://a/h"], "give one"),
+    (BASE + ["--app-signal", "HUP"], "--app-signal and --app-process go together"),
+    (BASE + ["--app-signal", "HUP", "--app-process", "("], "--app-process: not a regular expression"),
+    (BASE + ["--rollout-timeout", "soon"], "--rollout-timeout: invalid duration 'soon'"),
+])
+def test_rollout_and_fleet_mistakes_are_one_line(argv, message):
+    with pytest.raises(ConfigError) as err:
+        parse_args(argv, {})
+    assert str(err.value).startswith(message) or message in str(err.value)
