@@ -174,7 +174,7 @@ def test_rollout_and_fleet_settings():
 
 @pytest.mark.parametrize("argv, message", [
     (BASE + ["--peers", "127.0.0.2:8080"], "--peers needs --peer-secret-file or GITSYNC_PEER_SECRET"),
-    (BASE + ["--peers", "dns:svc"], "--peers: expected dns:NAME:PORT"),
+    (BASE + ["--peers", "dns:svc", "--peer-secret-file", __file__], "--peers: expected dns:NAME:PORT"),
     (BASE + ["--app-status-url", "127.0.0.1:9101"], "--app-status-url: expected an http:// or https:// URL"),
     (BASE + ["--app-status-url", "http://a/s", "--app-health-url", "http://a/h"], "give one"),
     (BASE + ["--app-signal", "HUP"], "--app-signal and --app-process go together"),
