@@ -168,13 +168,14 @@ class Engine:
 
     # -- start-up -------------------------------------------------------------------
 
-    def prepare(self) -> None:
+    def prepare(self) -> recover.Recovery:
         """Make <root> usable again after any earlier run, however it ended (gitsync.recover)."""
         found = recover.recover(self.config, self.repo, self.publisher)
         self._depth_changed = found.depth_changed
         self._published_tree_damaged = found.published_damaged
         if found.published is not None:
             self._record_published(found.published)
+        return found
 
     def _reinit_repo(self) -> None:
         self.repo.reinit()

@@ -70,9 +70,13 @@ def check_depth(r: Recovery) -> None:
         r.depth_changed = r.repo.get_config(DEPTH_KEY) != str(r.config.depth)
 
 
+def make_room_for_trees(r: Recovery) -> None:
+    """The trees' folder and the link's folder exist before anything goes there."""
+    r.publisher.make_room()
+
+
 def remove_temporary_links(r: Recovery) -> None:
     """A kill between symlink() and rename() leaves a temporary link beside the link."""
-    r.publisher.make_room()
     r.publisher.remove_temporary_links()
 
 
@@ -122,6 +126,7 @@ STEPS: tuple[Step, ...] = (
     reinit_damaged_repository,
     apply_sparse_setting,
     check_depth,
+    make_room_for_trees,
     remove_temporary_links,
     discard_unfinished_trees,
     repair_moved_worktrees,
