@@ -197,7 +197,7 @@ class Engine:
         outcome = SyncResult(trigger=trigger, at=at,
                              duration_ms=int((time.monotonic() - started) * 1000),
                              result=result, commit=self._commit, error=error,
-                             tree=str(self.publisher.layout.tree(self._commit)) if self._commit else None)
+                             tree=str(self.publisher.tree(self._commit)) if self._commit else None)
         self._record(outcome)
         self._log(outcome)
         self._notify(outcome)
@@ -209,7 +209,7 @@ class Engine:
     def _sync(self, deadline: Deadline) -> bool:
         """Publish the remote's newest commit of the ref; False when nothing changed."""
         head = self._remote_head(deadline)
-        current = self.publisher.layout.published_sha()
+        current = self.publisher.published_sha()
         if head.sha == current and self._current_tree_is_usable():
             self._apply_depth_change(head, deadline)
             return False
@@ -222,7 +222,7 @@ class Engine:
         return True
 
     def _current_tree_is_usable(self) -> bool:
-        current = self.publisher.layout.published_sha()
+        current = self.publisher.published_sha()
         return (current is not None and not self._published_tree_damaged
                 and self.publisher.tree_exists(current))
 

@@ -110,6 +110,10 @@ class Publisher:
         """The commit published before the current one (kept across restarts)."""
         return self.repo.read_state(PREVIOUS)
 
+    def tree(self, sha: str) -> Path:
+        """Where the tree of `sha` is (or would be)."""
+        return self.layout.tree(sha)
+
     def tree_exists(self, sha: str) -> bool:
         """The cheap check each poll makes: someone may have removed the tree by hand."""
         return (self.layout.tree(sha) / ".git").is_file()
@@ -119,8 +123,6 @@ class Publisher:
         tree = self.layout.tree(sha)
         return (tree.is_dir() and self.repo.worktree_head(tree) == sha
                 and self.repo.worktree_is_clean(tree))
-
-    published_tree_is_sound = tree_is_sound
 
     # -- start-up (the steps of gitsync.recover) ---------------------------------------
 

@@ -122,10 +122,8 @@ class Repository:
 
     def fetch(self, url: str, source: str, depth: int, deadline: Deadline) -> str:
         """Fetch `source` (a ref or SHA) into our own ref; return the commit it names.
-
-        Fetching into a ref we keep lets git offer what we have, so an update
-        downloads only the change (a bare SHA with no local ref re-downloads all).
-        """
+        Fetching into a ref we keep lets git offer what we have, so an update downloads
+        only the change (a bare SHA with no local ref re-downloads all)."""
         args = ["fetch", "--quiet", "--no-tags", "--no-write-fetch-head", "--no-auto-gc",
                 "--no-recurse-submodules"]
         if depth > 0:
@@ -201,13 +199,10 @@ class Repository:
             shutil.rmtree(admin, ignore_errors=True)
 
     def register_worktree(self, tree: Path, sha: str, deadline: Deadline | None = None) -> Path:
-        """Give back git's record of a tree that lost it with a re-cloned repository.
-
-        The files stay as they are (a reader may sit in them); only the admin directory
-        the tree's .git link names is written again, with an index read from `sha`.
-        Returns that directory; GitError when the link names another place or the
-        record is still there, or the commit is not in the repository.
-        """
+        """Give back git's record of a tree that lost it with a re-cloned repository: the
+        admin dir its .git link names, written again with an index read from `sha`; the
+        files stay as they are (a reader may sit in them). Returns that directory;
+        GitError when the link names another place, the record is there, or `sha` is not."""
         try:
             admin = self.worktree_admin_dir(tree)
         except OSError as err:
@@ -228,11 +223,9 @@ class Repository:
         return admin
 
     def unlock_missing_worktrees(self) -> int:
-        """Let prune take entries a killed `git worktree add` left locked ("initializing").
-
-        git refuses to add a path again while such an entry stands ("a missing but locked
-        worktree"); a worktree whose directory is gone is in no one's use.
-        """
+        """Let prune take records a killed `git worktree add` left locked ("initializing"):
+        git refuses to add a path again while one stands ("a missing but locked worktree"),
+        and a worktree whose directory is gone is in no one's use. Returns how many."""
         admin_root = self.git_dir / "worktrees"
         if not admin_root.is_dir():
             return 0
@@ -291,8 +284,7 @@ class Repository:
         (info / "sparse-checkout").write_text(text)
 
     def sparse_patterns(self, tree: Path) -> str | None:
-        """The patterns the tree was checked out with; None for none. OSError/GitError
-        when the tree has no readable record."""
+        """The patterns the tree was checked out with, None for none (OSError: no record)."""
         try:
             return (self.worktree_admin_dir(tree) / "info" / "sparse-checkout").read_text()
         except FileNotFoundError:
@@ -356,11 +348,9 @@ class Repository:
                 for config in self.submodule_configs(tree)}
 
     def unpin_submodules(self, tree: Path) -> None:
-        """Drop core.worktree from the submodules' git dirs before the tree is renamed.
-
-        It names the tree's current path; without it git finds each submodule's
-        tree from the .git file inside it, which stays right wherever the tree goes.
-        """
+        """Drop core.worktree, which names the tree's current path, from the submodules'
+        git dirs before the tree is renamed: git then finds each submodule's tree from
+        the .git file inside it, which stays right wherever the tree goes."""
         for config in self.submodule_configs(tree):
             if _WORKTREE_SETTING.search(config.read_text()):
                 self.runner.run("submodules", ["config", "--file", str(config),

@@ -35,7 +35,7 @@ class Volume:
         return sha
 
     def tree(self, sha: str) -> Path:
-        return self.publisher.layout.tree(sha)
+        return self.publisher.tree(sha)
 
 
 @pytest.fixture
