@@ -17,7 +17,8 @@ import shlex
 from urllib.parse import SplitResult, unquote, urlsplit
 
 from .config import Config
-from .git import GitError, config_parameters
+from .git import config_parameters
+from .model import SyncError
 
 DEFAULT_SSH_KEY = "/etc/git-secret/ssh"
 USERNAME_VARIABLE = "GITSYNC_CREDENTIAL_USERNAME"
@@ -100,13 +101,13 @@ class Credentials:
         has_password = self.config.password_file is not None or self.config.password is not None
         if self._url_credentials is not None:
             if self.config.username or has_password:
-                raise GitError("auth", "--repo holds credentials and --username or a password is "
+                raise SyncError("auth", "--repo holds credentials and --username or a password is "
                                        "set too; give them in one place only")
             return self._url_credentials
         if self.config.username:
             return self.config.username, self._read_password()
         if has_password:
-            raise GitError("auth", "a password is set (--password-file or GITSYNC_PASSWORD) "
+            raise SyncError("auth", "a password is set (--password-file or GITSYNC_PASSWORD) "
                                    "but --username is not")
         return None
 
@@ -124,18 +125,18 @@ class Credentials:
         path = self.config.password_file
         if path is None:
             if self.config.password is None:
-                raise GitError("auth", "--username is set but neither --password-file nor "
+                raise SyncError("auth", "--username is set but neither --password-file nor "
                                        "GITSYNC_PASSWORD is")
             return self.config.password
         try:
             password = path.read_text().rstrip("\r\n")
         except OSError as err:
-            raise GitError("auth", f"--password-file: cannot read {path}: "
+            raise SyncError("auth", f"--password-file: cannot read {path}: "
                                    f"{err.strerror or err}") from None
         except UnicodeDecodeError:
-            raise GitError("auth", f"--password-file: {path} is not UTF-8 text") from None
+            raise SyncError("auth", f"--password-file: {path} is not UTF-8 text") from None
         if not password:
-            raise GitError("auth", f"--password-file: {path} is empty")
+            raise SyncError("auth", f"--password-file: {path} is empty")
         return password
 
     # -- SSH -----------------------------------------------------------------------
@@ -149,7 +150,7 @@ class Credentials:
             if problem and key == DEFAULT_SSH_KEY and not os.path.lexists(key):
                 continue   # git-sync's default key is optional
             if problem and strict:
-                raise GitError("auth", f"--ssh-key-file: cannot read {key}: {problem}")
+                raise SyncError("auth", f"--ssh-key-file: cannot read {key}: {problem}")
             if not problem:
                 keys.append(key)
         for key in keys:
@@ -160,7 +161,7 @@ class Credentials:
             known = self.config.ssh_known_hosts_file
             problem = _unreadable(known)
             if problem and strict:
-                raise GitError("auth", f"--ssh-known-hosts-file: cannot read {known}: {problem}")
+                raise SyncError("auth", f"--ssh-known-hosts-file: cannot read {known}: {problem}")
             args += ["-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={known}"]
         else:
             args += ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"]

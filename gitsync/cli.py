@@ -14,9 +14,10 @@ from . import config as config_module
 from .auth import Credentials
 from .config import Config
 from .engine import Engine
-from .git import GitRunner, Repository, git_environment
+from .git import GitRunner, git_environment
 from .hooks import ErrorFile, ExecHook, HookRunner, TouchFile, WebHook
 from .publish import Layout, Publisher
+from .repository import Repository
 
 log = logging.getLogger("gitsync")
 SHUTDOWN_GRACE = 1.5

@@ -10,91 +10,26 @@ from __future__ import annotations
 
 import logging
 import queue
-import shutil
 import threading
 import time
 from collections import deque
-from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Callable, Protocol
 
+from . import recover
 from .config import Config
-from .git import CommitInfo, Deadline, GitError, GitRunner, RemoteHead, Repository, is_full_sha, redact_url
+from .git import CommitInfo, Deadline, GitError, GitRunner, RemoteHead, is_full_sha, redact_url
+from .model import Status, SyncError, SyncResult, utc_now
 from .publish import Publisher
+from .repository import Repository
 
 log = logging.getLogger(__name__)
 
 HISTORY_SIZE = 50
-DEPTH_KEY = "gitsync.depth"  # in the repository's config: the --depth of the last fetch
+DEPTH_KEY = recover.DEPTH_KEY
 _STOP = object()
 # When several triggers arrive together, the cycle is credited to the most deliberate one.
 _TRIGGER_RANK = {"webhook": 0, "manual": 1, "signal": 2, "start": 3, "poll": 4}
-
-
-def utc_now() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-def rfc3339(when: datetime | None) -> str | None:
-    return when.isoformat(timespec="milliseconds").replace("+00:00", "Z") if when else None
-
-
-@dataclass(frozen=True)
-class SyncResult:
-    """What one cycle did; listeners (hooks, metrics) get one per attempt."""
-
-    trigger: str
-    at: datetime
-    duration_ms: int
-    result: str               # "published", "unchanged" or "error"
-    commit: str | None        # the published commit after the cycle
-    error: str | None = None
-    tree: str | None = None   # the published tree's path, for hooks
-
-    @property
-    def published(self) -> bool:
-        return self.result == "published"
-
-    def to_dict(self) -> dict:
-        data = {"commit": self.commit, "at": rfc3339(self.at), "trigger": self.trigger,
-                "duration_ms": self.duration_ms, "result": self.result}
-        if self.error:
-            data["error"] = self.error
-        return data
-
-
-@dataclass(frozen=True)
-class Status:
-    """A snapshot of the engine, safe to hand to another thread."""
-
-    repo: str
-    ref: str
-    tracked_ref: str | None
-    commit: str | None
-    commit_info: CommitInfo | None
-    link: str
-    state: str
-    started_at: datetime
-    last_sync_at: datetime | None
-    last_success_at: datetime | None
-    last_error: str | None
-    consecutive_failures: int
-    sync_count: int
-    history: tuple[SyncResult, ...]
-    version: str
-
-    def to_dict(self) -> dict:
-        return {
-            "repo": self.repo, "ref": self.ref, "tracked_ref": self.tracked_ref,
-            "commit": self.commit,
-            "commit_info": asdict(self.commit_info) if self.commit_info else None,
-            "link": self.link, "state": self.state, "started_at": rfc3339(self.started_at),
-            "last_sync_at": rfc3339(self.last_sync_at),
-            "last_success_at": rfc3339(self.last_success_at),
-            "last_error": self.last_error, "consecutive_failures": self.consecutive_failures,
-            "sync_count": self.sync_count,
-            "history": [entry.to_dict() for entry in self.history], "version": self.version,
-        }
 
 
 class CredentialSource(Protocol):
@@ -191,7 +126,7 @@ class Engine:
         """Sync until stopped; return the process exit status."""
         try:
             self.prepare()
-        except (GitError, OSError) as err:
+        except (SyncError, OSError) as err:
             log.error("cannot prepare %s: %s", self.config.root, err)
             self._set_state("failing", error=str(err))
             return 1
@@ -233,45 +168,19 @@ class Engine:
 
     # -- start-up -------------------------------------------------------------------
 
-    def prepare(self) -> None:
-        """Make <root> usable again after any earlier run, however it ended."""
-        root = self.config.root
-        if root.exists() and not root.is_dir():
-            raise GitError("init", f"--root {root} exists and is not a directory")
-        root.mkdir(parents=True, exist_ok=True)
-        _remove_stale_locks(self.repo.git_dir)
-        if self.repo.exists() and not self.repo.is_healthy():
-            log.warning("the repository in %s is damaged; starting it again", root)
-            self._reinit_repo()
-        elif not self.repo.exists():
-            self._reinit_repo()
-        self._apply_sparse_setting()
-        self._depth_changed = self._depth_differs()
-        self.publisher.recover()
-        sha = self.publisher.layout.published_sha()
-        if sha is None:
-            return
-        if self.publisher.published_tree_is_sound(sha):
-            self._record_published(sha)
-            self.publisher.prepare_spare()
-        else:
-            log.warning("the published tree %s is missing or damaged; the first sync rebuilds it", sha)
-            self._published_tree_damaged = True
+    def prepare(self) -> recover.Recovery:
+        """Make <root> usable again after any earlier run, however it ended (gitsync.recover)."""
+        found = recover.recover(self.config, self.repo, self.publisher)
+        self._depth_changed = found.depth_changed
+        self._published_tree_damaged = found.published_damaged
+        if found.published is not None:
+            self._record_published(found.published)
+        return found
 
     def _reinit_repo(self) -> None:
-        shutil.rmtree(self.repo.git_dir, ignore_errors=True)
-        self.repo.init()
+        self.repo.reinit()
+        recover.apply_sparse(self.config, self.repo)
         self._depth_recorded = False
-
-    def _depth_differs(self) -> bool:
-        """Was the history fetched with another --depth (an earlier run's setting)?"""
-        if self.config.depth == 0:
-            return self.repo.is_shallow()
-        return self.repo.get_config(DEPTH_KEY) != str(self.config.depth)
-
-    def _apply_sparse_setting(self) -> None:
-        self.repo.set_config("core.sparseCheckout",
-                             "true" if self.config.sparse_checkout_file else "false")
 
     # -- one cycle ------------------------------------------------------------------
 
@@ -283,12 +192,12 @@ class Engine:
             published = self._sync(Deadline(self.config.sync_timeout))
             result = "published" if published else "unchanged"
             error = None
-        except GitError as err:
+        except SyncError as err:
             result, error = "error", str(err)
         outcome = SyncResult(trigger=trigger, at=at,
                              duration_ms=int((time.monotonic() - started) * 1000),
                              result=result, commit=self._commit, error=error,
-                             tree=str(self.publisher.layout.tree(self._commit)) if self._commit else None)
+                             tree=str(self.publisher.tree(self._commit)) if self._commit else None)
         self._record(outcome)
         self._log(outcome)
         self._notify(outcome)
@@ -300,7 +209,7 @@ class Engine:
     def _sync(self, deadline: Deadline) -> bool:
         """Publish the remote's newest commit of the ref; False when nothing changed."""
         head = self._remote_head(deadline)
-        current = self.publisher.layout.published_sha()
+        current = self.publisher.published_sha()
         if head.sha == current and self._current_tree_is_usable():
             self._apply_depth_change(head, deadline)
             return False
@@ -313,7 +222,7 @@ class Engine:
         return True
 
     def _current_tree_is_usable(self) -> bool:
-        current = self.publisher.layout.published_sha()
+        current = self.publisher.published_sha()
         return (current is not None and not self._published_tree_damaged
                 and self.publisher.tree_exists(current))
 
@@ -333,7 +242,6 @@ class Engine:
                 raise
             log.warning("fetch failed on a damaged repository (%s); starting it again", err)
             self._reinit_repo()
-            self._apply_sparse_setting()
             return self._fetch(head, deadline)
 
     def _fetch(self, head: RemoteHead, deadline: Deadline) -> str:
@@ -372,7 +280,7 @@ class Engine:
                 self.repo.collect_garbage()
             if not self.publisher.spare_is_ready():
                 self.publisher.prepare_spare()
-        except (GitError, OSError) as err:
+        except (SyncError, OSError) as err:
             log.warning("housekeeping after the sync failed: %s", err)
 
     # -- bookkeeping ------------------------------------------------------------------
@@ -433,18 +341,3 @@ def _full_ref_guess(ref: str) -> str | None:
     if is_full_sha(ref):
         return None
     return ref if ref.startswith("refs/") else f"refs/heads/{ref}"
-
-
-def _remove_stale_locks(git_dir) -> None:
-    """Delete the lock files a killed git left behind (git removes them on exit, not on SIGKILL).
-
-    gitsync is the only writer of its repository and none of its git runs yet, so a lock
-    found at start-up is stale; left in place, one blocks every later fetch (shallow.lock,
-    a ref's .lock) or the start-up itself (config.lock).
-    """
-    if not git_dir.is_dir():
-        return
-    for lock in git_dir.rglob("*.lock"):
-        if lock.is_file() and not lock.is_symlink():
-            log.warning("removing %s, left by a git that was killed", lock)
-            lock.unlink(missing_ok=True)

@@ -1,8 +1,9 @@
-"""The git repository under <root>, driven through GitPython's command runner.
+"""Running git: GitPython's command runner with a time limit, a clean environment and
+scrubbed messages; what the remote and a commit say.
 
-Everything here is a short, named git step. Each step raises GitError carrying
-the step's name and git's stderr with credentials removed, so a log line or a
-status answer says what failed without leaking a secret.
+`gitsync.repository.Repository` builds every git step on this runner. Each step
+raises GitError carrying the step's name and git's stderr with credentials
+removed, so a log line or a status answer says what failed without leaking a secret.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from typing import Mapping, Sequence
 
 import git as gitpython
 
+from .model import SyncError
+
 log = logging.getLogger(__name__)
 
 SHA_RE = re.compile(r"^[0-9a-f]{40}$")
@@ -27,13 +30,11 @@ TARGET_REF = "refs/gitsync/target"
 _URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]+@")
 
 
-class GitError(Exception):
+class GitError(SyncError):
     """A git step failed; str() is one line: '<step>: <what git said>'."""
 
     def __init__(self, step: str, message: str, *, timed_out: bool = False):
-        super().__init__(f"{step}: {message}")
-        self.step = step
-        self.message = message
+        super().__init__(step, message)
         self.timed_out = timed_out
 
 
@@ -186,152 +187,6 @@ class GitRunner:
                     return f"{lines[index - 1]}; {line}"
                 return line
         return "; ".join(lines[:3])
-
-
-class Repository:
-    """The bare repository at <root>/.git and the worktrees made from it."""
-
-    def __init__(self, root: Path, runner: GitRunner):
-        self.root = root
-        self.git_dir = root / ".git"
-        self.runner = runner
-
-    # -- the repository itself ------------------------------------------------
-
-    def _git(self, step: str, *args: str, deadline: Deadline | None = None) -> str:
-        return self.runner.run(step, ["--git-dir", str(self.git_dir), *args], deadline=deadline)
-
-    def exists(self) -> bool:
-        return (self.git_dir / "HEAD").is_file()
-
-    def init(self) -> None:
-        """Create the bare repository with the settings spare trees rely on."""
-        self.runner.run("init", ["init", "--quiet", "--bare", str(self.git_dir)])
-        # Hard-linked spare trees change ctime, never content: ignore ctime so the
-        # index stays valid and git rewrites only the files a commit changes.
-        self.set_config("core.trustctime", "false")
-        self.set_config("gc.auto", "0")
-        self.set_config("maintenance.auto", "false")
-        self.set_config("advice.detachedHead", "false")
-
-    def set_config(self, key: str, value: str) -> None:
-        self._git("init", "config", key, value)
-
-    def get_config(self, key: str, file: Path | None = None) -> str | None:
-        """The value of `key` in the repository's config (or in `file`), None when unset."""
-        where = ["--file", str(file)] if file is not None else []
-        try:
-            return self._git("config", "config", *where, "--get", key).strip()
-        except GitError:  # exit 1: not set
-            return None
-
-    def is_healthy(self, deadline: Deadline | None = None) -> bool:
-        """True when git can read the repository and every object is reachable."""
-        try:
-            self._git("fsck", "fsck", "--connectivity-only", "--no-dangling", "--no-progress",
-                      deadline=deadline)
-        except GitError as err:
-            log.warning("repository check failed: %s", err)
-            return False
-        return True
-
-    def is_shallow(self) -> bool:
-        return (self.git_dir / "shallow").exists()
-
-    # -- talking to the remote --------------------------------------------------
-
-    def ls_remote(self, url: str, ref: str, deadline: Deadline) -> RemoteHead:
-        """Ask the remote where `ref` points; one cheap round trip, no objects."""
-        if ref == "HEAD":
-            out = self._git("ls-remote", "ls-remote", "--symref", "--", url, "HEAD",
-                            deadline=deadline)
-            return _parse_head(out, url)
-        names = [ref, f"{ref}^{{}}"] if ref.startswith("refs/") else [
-            f"refs/heads/{ref}", f"refs/tags/{ref}", f"refs/tags/{ref}^{{}}"]
-        out = self._git("ls-remote", "ls-remote", "--", url, *names, deadline=deadline)
-        return _pick_ref(out, names, ref)
-
-    def fetch(self, url: str, source: str, depth: int, deadline: Deadline) -> str:
-        """Fetch `source` (a ref or SHA) into our own ref; return the commit it names.
-
-        Fetching into a ref we keep lets git offer what we have, so an update
-        downloads only the change (a bare SHA with no local ref re-downloads all).
-        """
-        args = ["fetch", "--quiet", "--no-tags", "--no-write-fetch-head", "--no-auto-gc",
-                "--no-recurse-submodules"]
-        if depth > 0:
-            args.append(f"--depth={depth}")
-        elif self.is_shallow():
-            args.append("--unshallow")
-        self._git("fetch", *args, "--", url, f"+{source}:{TARGET_REF}", deadline=deadline)
-        return self.resolve_commit(TARGET_REF)
-
-    def has_commit(self, sha: str) -> bool:
-        try:
-            self._git("resolve", "cat-file", "-e", f"{sha}^{{commit}}")
-        except GitError:
-            return False
-        return True
-
-    def resolve_commit(self, rev: str) -> str:
-        return self._git("resolve", "rev-parse", "--verify", "--quiet",
-                         f"{rev}^{{commit}}").strip()
-
-    def commit_info(self, sha: str) -> CommitInfo:
-        out = self._git("log", "log", "-1", "--format=%s%x00%an%x00%aI", sha, "--")
-        subject, author, when = (out.split("\0") + ["", "", ""])[:3]
-        return CommitInfo(sha=sha, subject=subject, author=author, time=when)
-
-    def collect_garbage(self) -> None:
-        """Drop objects no worktree or ref reaches any more (git-sync's --git-gc=auto)."""
-        self._git("gc", "-c", "gc.auto=6700", "gc", "--auto", "--quiet", "--prune=now")
-
-    # -- worktrees --------------------------------------------------------------
-
-    def add_worktree(self, path: Path, sha: str, *, checkout: bool, deadline: Deadline | None) -> None:
-        args = ["worktree", "add", "--quiet", "--detach", "--force"]
-        if not checkout:
-            args.append("--no-checkout")
-        self._git("checkout", *args, "--", str(path), sha, deadline=deadline)
-
-    def move_worktree(self, source: Path, dest: Path, deadline: Deadline | None = None) -> None:
-        self._git("publish", "worktree", "move", "--", str(source), str(dest), deadline=deadline)
-
-    def prune_worktrees(self) -> None:
-        self._git("cleanup", "worktree", "prune")
-
-    def repair_worktrees(self, paths: Sequence[Path]) -> None:
-        """Re-link moved worktrees whose admin files a crash left pointing at the old path."""
-        if paths:
-            self._git("recover", "worktree", "repair", "--", *(str(p) for p in paths))
-
-    def worktree_admin_dir(self, path: Path) -> Path:
-        """The .git/worktrees/<name> directory of the worktree at `path`."""
-        text = (path / ".git").read_text().strip()
-        if not text.startswith("gitdir:"):
-            raise GitError("worktree", f"{path}/.git is not a worktree link")
-        admin = Path(text.split(":", 1)[1].strip())
-        return admin if admin.is_absolute() else (path / admin).resolve()
-
-    def in_worktree(self, step: str, path: Path, *args: str, deadline: Deadline | None = None) -> str:
-        """Run git inside a worktree, never letting it wander up to another repository."""
-        if not (path / ".git").is_file():
-            raise GitError(step, f"{path} has no .git link; not a worktree")
-        return self.runner.run(step, ["-C", str(path), *args], deadline=deadline)
-
-    def worktree_head(self, path: Path) -> str | None:
-        try:
-            return self.in_worktree("verify", path, "rev-parse", "--verify", "--quiet", "HEAD").strip()
-        except GitError:
-            return None
-
-    def worktree_is_clean(self, path: Path) -> bool:
-        try:
-            out = self.in_worktree("verify", path, "status", "--porcelain",
-                                   "--untracked-files=no", "--ignore-submodules")
-        except GitError:
-            return False
-        return out.strip() == ""
 
 
 def _subcommand(args: Sequence[str]) -> str:

@@ -8,34 +8,35 @@
                                    the files that changed
     <root>/<link> -> .worktrees/<sha>   relative, swapped by rename
 
-A published tree is never written again: git replaces a file by unlinking it and
-creating a new one, so a spare that shares inodes with the published tree leaves
-that tree's content untouched while git updates the spare.
+This module speaks of trees and the link only; every file under .git is
+`Repository`'s. A published tree is never written again: git replaces a file by
+unlinking it and creating a new one, so a spare that shares inodes with the
+published tree leaves that tree's content untouched while git updates the spare.
 """
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
-import re
 import shutil
 import subprocess
 import time
 import uuid
 from pathlib import Path
+from typing import Iterable
 
-from .git import Deadline, GitError, Repository, is_full_sha
+from .files import exchange, hardlink_tree
+from .files import write_atomically  # noqa: F401  (hooks import it from here)
+from .git import Deadline, GitError, is_full_sha
+from .model import SyncError
+from .repository import Repository
 
 log = logging.getLogger(__name__)
 
 SPARE = ".spare"
 BUILD_PREFIX = ".build-"
 TRASH_PREFIX = ".trash-"
-PREVIOUS_FILE = "gitsync-previous"
-_RENAME_EXCHANGE = 2
-_AT_FDCWD = -100
-_WORKTREE_SETTING = re.compile(r"^\s*worktree\s*=", re.MULTILINE)
+PREVIOUS = "previous"   # the repository's state key for the commit published before this one
 
 
 class _SubmoduleMoved(Exception):
@@ -64,7 +65,7 @@ class Layout:
     def point_link_at(self, sha: str) -> None:
         """Swap the link to `sha` atomically: a new temporary link renamed over the old."""
         if self.link.exists() and not self.link.is_symlink():
-            raise GitError("publish", f"{self.link} exists and is not a symlink; not replacing it")
+            raise SyncError("publish", f"{self.link} exists and is not a symlink; not replacing it")
         target = os.path.relpath(self.tree(sha), self.link.parent)
         temp = self.link.parent / f".{self.link.name}.tmp-{uuid.uuid4().hex[:8]}"
         try:
@@ -72,7 +73,7 @@ class Layout:
             os.replace(temp, self.link)
         except OSError as err:
             temp.unlink(missing_ok=True)
-            raise GitError("publish", f"cannot swap {self.link}: {err.strerror}") from err
+            raise SyncError("publish", f"cannot swap {self.link}: {err.strerror}") from err
 
     def remove_temporary_links(self) -> None:
         if not self.link.parent.is_dir():
@@ -83,7 +84,11 @@ class Layout:
 
 
 class Publisher:
-    """Builds trees, publishes them, and removes the ones nobody may read any more."""
+    """Builds trees, publishes them, and removes the ones nobody may read any more.
+
+    `publish(sha)` of a commit whose tree is on disk and sound only swaps the link,
+    so a rollback to an earlier tree rebuilds nothing.
+    """
 
     def __init__(self, repo: Repository, layout: Layout, *, stale_timeout: float,
                  sparse_patterns: str | None = None, submodules: str = "off", depth: int = 1):
@@ -96,59 +101,54 @@ class Publisher:
         self._left_at: dict[str, float] = {}
         self._spare_of: str | None = None
 
-    # -- start-up ---------------------------------------------------------------
+    # -- what is on the volume --------------------------------------------------------
 
-    def recover(self) -> None:
-        """Undo what a killed run left half-done; keep every complete tree."""
+    def published_sha(self) -> str | None:
+        return self.layout.published_sha()
+
+    def previous_sha(self) -> str | None:
+        """The commit published before the current one (kept across restarts)."""
+        return self.repo.read_state(PREVIOUS)
+
+    def tree(self, sha: str) -> Path:
+        """Where the tree of `sha` is (or would be)."""
+        return self.layout.tree(sha)
+
+    def tree_exists(self, sha: str) -> bool:
+        """The cheap check each poll makes: someone may have removed the tree by hand."""
+        return (self.layout.tree(sha) / ".git").is_file()
+
+    def tree_is_sound(self, sha: str) -> bool:
+        """A full check: the tree is a checkout of `sha` with no local change."""
+        tree = self.layout.tree(sha)
+        return (tree.is_dir() and self.repo.worktree_head(tree) == sha
+                and self.repo.worktree_is_clean(tree))
+
+    # -- start-up (the steps of gitsync.recover) ---------------------------------------
+
+    def make_room(self) -> None:
         self.layout.worktrees.mkdir(parents=True, exist_ok=True)
         self.layout.link.parent.mkdir(parents=True, exist_ok=True)
+
+    def remove_temporary_links(self) -> None:
         self.layout.remove_temporary_links()
+
+    def discard_unfinished(self) -> list[Path]:
+        """Remove every entry that is not a complete tree (.build-*, .trash-*, .spare);
+        return the complete ones."""
         trees = []
         for entry in sorted(self.layout.worktrees.iterdir()):
             if is_full_sha(entry.name):
                 trees.append(entry)
             else:
                 self._discard(entry)
-        # Repair before prune: prune would drop the admin dir of a tree moved just before a kill.
-        self.repo.repair_worktrees([t for t in trees if self._admin_dir_exists(t)])
-        self._unlock_missing_worktrees()
-        self.repo.prune_worktrees()
+        return trees
 
-    def _unlock_missing_worktrees(self) -> None:
-        """Let prune take entries a killed `git worktree add` left locked ("initializing").
-
-        git refuses to add a path again while such an entry stands ("a missing but locked
-        worktree"); a worktree whose directory is gone is in no one's use.
-        """
-        admin_root = self.repo.git_dir / "worktrees"
-        if not admin_root.is_dir():
-            return
-        for admin in admin_root.iterdir():
-            lock = admin / "locked"
-            if not lock.is_file():
-                continue
-            try:
-                checkout = Path((admin / "gitdir").read_text().strip()).parent
-            except OSError:
-                checkout = None
-            if checkout is None or not checkout.is_dir():
-                lock.unlink(missing_ok=True)
-
-    def _admin_dir_exists(self, tree: Path) -> bool:
-        try:
-            return self.repo.worktree_admin_dir(tree).is_dir()
-        except (GitError, OSError):
-            return False
-
-    def published_tree_is_sound(self, sha: str) -> bool:
-        """A full check, for start-up: the tree is a checkout of `sha` with no local change."""
-        tree = self.layout.tree(sha)
-        return (tree.is_dir() and self.repo.worktree_head(tree) == sha
-                and self.repo.worktree_is_clean(tree))
-
-    def tree_exists(self, sha: str) -> bool:
-        """The cheap check each poll makes: someone may have removed the tree by hand."""
-        return (self.layout.tree(sha) / ".git").is_file()
+    def repair_trees(self) -> None:
+        """Re-link trees a kill left moved but unrecorded. Before any prune: prune would
+        drop the record of a tree moved just before a kill."""
+        trees = [entry for entry in sorted(self.layout.worktrees.iterdir()) if is_full_sha(entry.name)]
+        self.repo.repair_worktrees([tree for tree in trees if self.repo.has_admin_dir(tree)])
 
     # -- publishing -------------------------------------------------------------
 
@@ -158,7 +158,7 @@ class Publisher:
         tree = self.layout.tree(sha)
         if sha == previous:
             self._rebuild_in_place(sha, deadline)
-        elif not (tree.is_dir() and self.published_tree_is_sound(sha)):
+        elif not (tree.is_dir() and self.tree_is_sound(sha)):
             if tree.exists():
                 self._discard(tree)
             self._build(sha, deadline)
@@ -185,9 +185,9 @@ class Publisher:
         # A tree removed by hand is still registered; git refuses its name until pruned.
         self.repo.prune_worktrees()
         self.repo.add_worktree(build, sha, checkout=False, deadline=deadline)
-        self._write_sparse_patterns(build)
-        self.repo.in_worktree("checkout", build, "reset", "--hard", "--quiet", "HEAD",
-                              deadline=deadline)
+        if self.sparse_patterns is not None:
+            self.repo.set_sparse_patterns(build, self.sparse_patterns)
+        self.repo.reset_hard(build, deadline)
         reused = self._reuse_submodule_repositories(build) if reuse else {}
         try:
             self._update_submodules(build, deadline, reused)
@@ -199,53 +199,35 @@ class Publisher:
         if dest.exists():
             self._swap_into_place(build, dest)
         else:
-            self._move_tree(build, dest, deadline)
+            self.repo.move_worktree(build, dest, deadline)
 
     def _build_from_spare(self, sha: str, deadline: Deadline) -> None:
         """Let git rewrite only what changed in a hard-linked copy of the published tree."""
         spare = self.layout.worktrees / SPARE
         self._spare_of = None
-        self.repo.in_worktree("checkout", spare, "checkout", "--quiet", "--detach", sha, "--",
-                              deadline=deadline)
+        self.repo.checkout(spare, sha, deadline)
         self._update_submodules(spare, deadline)
-        self._move_tree(spare, self.layout.tree(sha), deadline)
+        self.repo.move_worktree(spare, self.layout.tree(sha), deadline)
 
     def _rebuild_in_place(self, sha: str, deadline: Deadline) -> None:
         """The link already names `sha` but its tree is gone or damaged: build it again."""
         tree = self.layout.tree(sha)
-        if tree.is_dir() and (self.published_tree_is_sound(sha) or self._register_again(sha, deadline)):
+        if tree.is_dir() and (self.tree_is_sound(sha) or self._register_again(sha, deadline)):
             return
         log.warning("published tree %s is missing or damaged; rebuilding it", sha)
         self._build_fresh(sha, tree, deadline)
 
     def _register_again(self, sha: str, deadline: Deadline) -> bool:
-        """Give back git's record of a tree that lost it with a re-cloned repository.
-
-        The files stay as they are (a reader may sit in them); only the admin directory
-        the tree's .git file names is written again, with an index read from the commit.
-        False, with nothing left behind, unless the tree then checks out clean.
-        """
-        tree = self.layout.tree(sha)
+        """Keep a tree that lost git's record of it with a re-cloned repository, its files
+        untouched (a reader may sit in them): True if it then checks out clean."""
         try:
-            admin = self.repo.worktree_admin_dir(tree)
+            admin = self.repo.register_worktree(self.layout.tree(sha), sha, deadline)
         except (GitError, OSError):
             return False
-        if (admin.exists() or admin.parent.resolve() != (self.repo.git_dir / "worktrees").resolve()
-                or not self.repo.has_commit(sha)):
-            return False
-        admin.mkdir(parents=True)
-        (admin / "gitdir").write_text(f"{tree / '.git'}\n")
-        (admin / "commondir").write_text("../..\n")
-        (admin / "HEAD").write_text(f"{sha}\n")
-        try:
-            self.repo.in_worktree("recover", tree, "read-tree", sha, deadline=deadline)
-            self.repo.in_worktree("recover", tree, "update-index", "-q", "--refresh", deadline=deadline)
-        except GitError:
-            pass
-        if self.published_tree_is_sound(sha):
+        if self.tree_is_sound(sha):
             log.info("published tree %s registered again, its files untouched", sha)
             return True
-        shutil.rmtree(admin, ignore_errors=True)
+        self.repo.forget_admin_dir(admin)
         return False
 
     def _swap_into_place(self, build: Path, dest: Path) -> None:
@@ -254,32 +236,22 @@ class Publisher:
             old_admin = self.repo.worktree_admin_dir(dest)
         except (GitError, OSError):
             old_admin = None
-        if _exchange(build, dest):
+        if exchange(build, dest):
             self._discard(build)
         else:
             self._discard(dest)
             os.rename(build, dest)
         if old_admin is not None and old_admin != self.repo.worktree_admin_dir(dest):
-            shutil.rmtree(old_admin, ignore_errors=True)
+            self.repo.forget_admin_dir(old_admin)
         self.repo.repair_worktrees([dest])
         self.repo.prune_worktrees()
-
-    def _write_sparse_patterns(self, tree: Path) -> None:
-        if self.sparse_patterns is None:
-            return
-        info = self.repo.worktree_admin_dir(tree) / "info"
-        info.mkdir(parents=True, exist_ok=True)
-        (info / "sparse-checkout").write_text(self.sparse_patterns)
 
     def _sparse_set_matches(self, tree: Path) -> bool:
         """Whether `tree` was checked out with today's patterns (or, like today, without any)."""
         try:
-            patterns = (self.repo.worktree_admin_dir(tree) / "info" / "sparse-checkout").read_text()
-        except FileNotFoundError:
-            patterns = None
+            return self.repo.sparse_patterns(tree) == self.sparse_patterns
         except (GitError, OSError):
             return False
-        return patterns == self.sparse_patterns
 
     def _update_submodules(self, tree: Path, deadline: Deadline,
                            reused: dict[Path, str | None] | None = None) -> None:
@@ -288,76 +260,31 @@ class Publisher:
         since git may have fetched from the old place."""
         if self.submodules == "off" or not (tree / ".gitmodules").exists():
             return
-        recursive = ["--recursive"] if self.submodules == "recursive" else []
-        # .git/config keeps the URL each submodule had when first seen: align it with
-        # this commit's .gitmodules before cloning.
-        self.repo.in_worktree("submodules", tree, "submodule", "--quiet", "sync", *recursive,
-                              deadline=deadline)
-        args = ["submodule", "--quiet", "update", "--init", "--checkout", "--force", *recursive]
-        if self.depth > 0:
-            args.append(f"--depth={self.depth}")
-        self.repo.in_worktree("submodules", tree, *args, deadline=deadline)
+        recursive = self.submodules == "recursive"
+        self.repo.update_submodules(tree, recursive=recursive, depth=self.depth, deadline=deadline)
         if reused:
             # Only now, with every level checked out, does sync reach the nested ones.
-            self.repo.in_worktree("submodules", tree, "submodule", "--quiet", "sync", *recursive,
-                                  deadline=deadline)
-            now = self._submodule_urls(tree)
+            self.repo.sync_submodule_urls(tree, recursive=recursive, deadline=deadline)
+            now = self.repo.submodule_urls(tree)
             moved = [path for path, url in reused.items() if path in now and now[path] != url]
             if moved:
                 raise _SubmoduleMoved(f"submodule {moved[0].name} has a new URL")
-        self._unpin_submodules(tree)
+        self.repo.unpin_submodules(tree)
 
     def _reuse_submodule_repositories(self, tree: Path) -> dict[Path, str | None]:
-        """Start the new tree's submodule repositories as hard-linked copies of the published
-        tree's, so `submodule update` fetches only commits it lacks instead of cloning each
-        submodule again (git keeps them per worktree). git replaces files rather than writing
-        into them, so the published tree's repositories are never changed through a link.
-        Returns each copied repository's URL (see _update_submodules); {} when none."""
+        """Start the new tree's submodule repositories as copies of the published tree's, so
+        `submodule update` fetches only commits it lacks instead of cloning each submodule
+        again. Returns each copied repository's URL (see _update_submodules); {} when none."""
         sha = self.layout.published_sha()
         if self.submodules == "off" or sha is None or not self.tree_exists(sha):
             return {}
-        source = self.repo.worktree_admin_dir(self.layout.tree(sha)) / "modules"
-        dest = self.repo.worktree_admin_dir(tree) / "modules"
-        if not source.is_dir() or dest.exists():
-            return {}
         try:
-            dest.mkdir()
-            _hardlink_tree(source, dest)
-            return self._submodule_urls(tree)
-        except (OSError, subprocess.CalledProcessError) as err:
+            if not self.repo.copy_submodule_repositories(self.layout.tree(sha), tree):
+                return {}
+            return self.repo.submodule_urls(tree)
+        except (GitError, OSError, subprocess.CalledProcessError) as err:
             log.warning("could not reuse the submodules of %s, cloning them again: %s", sha, err)
-            shutil.rmtree(dest, ignore_errors=True)
             return {}
-
-    def _submodule_urls(self, tree: Path) -> dict[Path, str | None]:
-        """remote.origin.url of each submodule repository of the tree, at every depth."""
-        modules = self.repo.worktree_admin_dir(tree) / "modules"
-        return {config.parent.relative_to(modules): self.repo.get_config("remote.origin.url", file=config)
-                for config in self._submodule_configs(tree)}
-
-    def _submodule_configs(self, tree: Path) -> list[Path]:
-        """The config file of each submodule repository git keeps for the tree, at every depth."""
-        modules = self.repo.worktree_admin_dir(tree) / "modules"
-        return [config for config in sorted(modules.rglob("config")) if (config.parent / "HEAD").is_file()]
-
-    def _unpin_submodules(self, tree: Path) -> None:
-        """Drop core.worktree from the submodules' git dirs before the tree is renamed.
-
-        It names the tree's current path; without it git finds each submodule's
-        tree from the .git file inside it, which stays right wherever the tree goes.
-        """
-        for config in self._submodule_configs(tree):
-            if _WORKTREE_SETTING.search(config.read_text()):
-                self.repo.runner.run("submodules", ["config", "--file", str(config),
-                                                    "--unset-all", "core.worktree"])
-
-    def _move_tree(self, source: Path, dest: Path, deadline: Deadline) -> None:
-        """git refuses to move a worktree holding submodules; such a tree is renamed by hand."""
-        if not (self.repo.worktree_admin_dir(source) / "modules").is_dir():
-            self.repo.move_worktree(source, dest, deadline)
-            return
-        os.rename(source, dest)
-        self.repo.repair_worktrees([dest])
 
     # -- the spare ---------------------------------------------------------------
 
@@ -375,10 +302,10 @@ class Publisher:
         source = self.layout.tree(sha)
         try:
             self.repo.add_worktree(spare, sha, checkout=False, deadline=None)
-            _hardlink_tree(source, spare)
-            self._copy_admin_files(source, spare)
+            hardlink_tree(source, spare)
+            self.repo.copy_index(source, spare)
             # Record fresh stat data now, off the publish path, so the next checkout trusts it.
-            self.repo.in_worktree("spare", spare, "update-index", "-q", "--refresh")
+            self.repo.refresh_index(spare, step="spare")
         except (GitError, OSError, subprocess.CalledProcessError) as err:
             log.warning("could not prepare the next tree ahead of time: %s", err)
             self._discard(spare)
@@ -392,35 +319,21 @@ class Publisher:
     def _has_submodules(self, sha: str) -> bool:
         return self.submodules != "off" and (self.layout.tree(sha) / ".gitmodules").exists()
 
-    def _copy_admin_files(self, source: Path, spare: Path) -> None:
-        source_admin = self.repo.worktree_admin_dir(source)
-        spare_admin = self.repo.worktree_admin_dir(spare)
-        shutil.copy2(source_admin / "index", spare_admin / "index")
-        sparse = source_admin / "info" / "sparse-checkout"
-        if sparse.exists():
-            (spare_admin / "info").mkdir(exist_ok=True)
-            shutil.copy2(sparse, spare_admin / "info" / "sparse-checkout")
-
     # -- clean-up ----------------------------------------------------------------
 
     def _remember_left(self, sha: str) -> None:
         self._left_at[sha] = time.monotonic()
-        write_atomically(self.repo.git_dir / PREVIOUS_FILE, sha)
+        self.repo.write_state(PREVIOUS, sha)
 
-    def _previous_sha(self) -> str | None:
-        try:
-            return (self.repo.git_dir / PREVIOUS_FILE).read_text().strip() or None
-        except FileNotFoundError:
-            return None
-
-    def remove_stale_trees(self) -> list[str]:
-        """Remove trees left longer ago than the stale timeout, keeping current and previous."""
-        keep = {self.layout.published_sha(), self._previous_sha()}
+    def remove_stale_trees(self, keep: Iterable[str] = ()) -> list[str]:
+        """Remove trees left longer ago than the stale timeout. Never the published one, the
+        previous one, or any commit in `keep` (e.g. trees an app still runs in)."""
+        kept = {self.layout.published_sha(), self.previous_sha(), *keep}
         now = time.monotonic()
         removed = []
         for entry in sorted(self.layout.worktrees.iterdir()):
             sha = entry.name
-            if not is_full_sha(sha) or sha in keep:
+            if not is_full_sha(sha) or sha in kept:
                 continue
             left = self._left_at.setdefault(sha, now)
             if now - left >= self.stale_timeout:
@@ -445,31 +358,3 @@ class Publisher:
             shutil.rmtree(trash, ignore_errors=True)
         else:
             trash.unlink(missing_ok=True)
-
-
-def _hardlink_tree(source: Path, dest: Path) -> None:
-    """Hard-link every file of `source` (but its .git link) into `dest`, in C speed via cp."""
-    entries = [str(p) for p in source.iterdir() if p.name != ".git"]
-    for start in range(0, len(entries), 1000):
-        subprocess.run(["cp", "-al", "--no-dereference", "-t", str(dest), "--",
-                        *entries[start:start + 1000]],
-                       check=True, capture_output=True)
-
-
-def _exchange(a: Path, b: Path) -> bool:
-    """Atomically swap two directories (Linux renameat2); False where unsupported."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        renameat2 = libc.renameat2
-    except (OSError, AttributeError):
-        return False
-    result = renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
-    return result == 0
-
-
-def write_atomically(path: Path, text: str) -> None:
-    """Readers of `path` see the old text or the new, never half of it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    temp.write_text(text)
-    os.replace(temp, path)

@@ -19,7 +19,7 @@ from werkzeug.exceptions import HTTPException
 
 if TYPE_CHECKING:
     from gitsync.config import Config
-    from gitsync.engine import Status, SyncResult
+    from gitsync.model import Status, SyncResult
 
     from .forges import DeliveryLog
     from .metrics import Metrics

@@ -16,7 +16,7 @@ from prometheus_client.core import GaugeMetricFamily
 from . import services
 
 if TYPE_CHECKING:
-    from gitsync.engine import SyncResult
+    from gitsync.model import SyncResult
 
     from . import SyncController
 

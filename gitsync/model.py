@@ -1,0 +1,91 @@
+"""What the engine emits and the errors it raises: plain data, no behaviour.
+
+Every part below the engine raises `SyncError(step, message)`, so a log line or
+a status answer names the step that failed ("init", "auth", "fetch", "publish",
+...). Git's steps raise `gitsync.git.GitError`, a SyncError that may also say the
+sync timeout ran out. The API and the hooks read `SyncResult` and `Status`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .git import CommitInfo
+
+
+class SyncError(Exception):
+    """A step of a sync failed; str() is one line: '<step>: <what went wrong>'."""
+
+    def __init__(self, step: str, message: str):
+        super().__init__(f"{step}: {message}")
+        self.step = step
+        self.message = message
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def rfc3339(when: datetime | None) -> str | None:
+    return when.isoformat(timespec="milliseconds").replace("+00:00", "Z") if when else None
+
+
+@dataclass(frozen=True)
+class SyncResult:
+    """What one cycle did; listeners (hooks, metrics) get one per attempt."""
+
+    trigger: str
+    at: datetime
+    duration_ms: int
+    result: str               # "published", "unchanged" or "error"
+    commit: str | None        # the published commit after the cycle
+    error: str | None = None
+    tree: str | None = None   # the published tree's path, for hooks
+
+    @property
+    def published(self) -> bool:
+        return self.result == "published"
+
+    def to_dict(self) -> dict:
+        data = {"commit": self.commit, "at": rfc3339(self.at), "trigger": self.trigger,
+                "duration_ms": self.duration_ms, "result": self.result}
+        if self.error:
+            data["error"] = self.error
+        return data
+
+
+@dataclass(frozen=True)
+class Status:
+    """A snapshot of the engine, safe to hand to another thread."""
+
+    repo: str
+    ref: str
+    tracked_ref: str | None
+    commit: str | None
+    commit_info: CommitInfo | None
+    link: str
+    state: str
+    started_at: datetime
+    last_sync_at: datetime | None
+    last_success_at: datetime | None
+    last_error: str | None
+    consecutive_failures: int
+    sync_count: int
+    history: tuple[SyncResult, ...]
+    version: str
+
+    def to_dict(self) -> dict:
+        return {
+            "repo": self.repo, "ref": self.ref, "tracked_ref": self.tracked_ref,
+            "commit": self.commit,
+            "commit_info": asdict(self.commit_info) if self.commit_info else None,
+            "link": self.link, "state": self.state, "started_at": rfc3339(self.started_at),
+            "last_sync_at": rfc3339(self.last_sync_at),
+            "last_success_at": rfc3339(self.last_success_at),
+            "last_error": self.last_error, "consecutive_failures": self.consecutive_failures,
+            "sync_count": self.sync_count,
+            "history": [entry.to_dict() for entry in self.history], "version": self.version,
+        }
