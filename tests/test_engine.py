@@ -302,8 +302,8 @@ def test_root_inside_another_repository_uses_its_own(remote, tmp_path):
 
 def test_root_that_is_a_file_is_a_clear_failure(remote, tmp_path):
     root = tmp_path / "root"
+    engine = make_engine(remote.url, root)   # start-up refuses a file (test_config); it may become one later
     root.write_text("not a dir")
-    engine = make_engine(remote.url, root)
     assert engine.run() == 1
     assert "is not a directory" in engine.status().last_error
 

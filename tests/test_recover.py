@@ -121,9 +121,10 @@ def test_a_damaged_published_tree_is_marked_for_rebuild(synced, remote):
 
 def test_a_root_that_is_a_file_stops_at_the_first_step(tmp_path, remote):
     root = tmp_path / "root"
+    engine = engine_over(root, remote.url)  # start-up refuses a file (test_config); it may become one later
     root.write_text("not a dir")
     with pytest.raises(SyncError) as caught:
-        restart(root, remote.url)
+        engine.prepare()
     assert caught.value.step == "init" and "is not a directory" in caught.value.message
     assert root.read_text() == "not a dir"
 
