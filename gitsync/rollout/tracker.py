@@ -1,0 +1,320 @@
+"""Rollouts: follow each publish until the app runs it, and say what to do when it does not.
+
+The engine calls `begin()` after a publish and `poll()` from its sync thread (often
+while `active()`, else once a cycle); `poll()` returns a decision or None. The tracker
+never touches the link itself: a Rollback decision is carried out by the engine, which
+then calls `rolled_back()`. After that the commit rolled back to is watched too; if it
+fails as well the state is `degraded` and nothing is rolled back again (no flapping).
+Everything worth keeping goes to the Store at once, so a restart resumes by the same
+deadline. `snapshot()`, `is_bad()`, the pause and the bad marks are safe from any thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from .probes import Observation, Probe, same_commit, short
+from .store import BadMark, Kept, Rollout, Store, rfc3339
+
+log = logging.getLogger(__name__)
+
+RESULTS = ("live", "rolled_back", "failed", "degraded", "superseded")
+
+
+@dataclass(frozen=True)
+class Live:
+    commit: str
+
+
+@dataclass(frozen=True)
+class Rollback:
+    """Flip the link back to `to`, then call rolled_back(bad); `bad` is already marked bad."""
+
+    to: str
+    bad: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Failed:
+    """`commit` failed and there is nothing to roll back to (or --rollback is off)."""
+
+    commit: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Degraded:
+    """The commit rolled back to failed too; nothing more is done until the next publish."""
+
+    commit: str
+    reason: str
+
+
+Decision = Live | Rollback | Failed | Degraded
+
+
+@dataclass(frozen=True)
+class RolloutResult:
+    """One finished rollout, for metrics and history: `result` is one of RESULTS."""
+
+    commit: str
+    result: str
+    reason: str | None
+    duration_seconds: float
+
+
+class Rollouts:
+    def __init__(self, directory: Path, probe: Probe | None = None, *, timeout: float = 60.0,
+                 rollback: bool = True, clock: Callable[[], float] = time.time):
+        self.probe = probe
+        self.timeout = timeout
+        self.rollback = rollback and probe is not None
+        self._clock = clock
+        self._store = Store(directory)
+        self._kept = Kept()
+        self._lock = threading.RLock()
+        self._seen: Observation | None = None
+        self._rollback_handed = False
+        self._events: list[RolloutResult] = []
+        self._listeners: list[Callable[[RolloutResult], None]] = []
+        self._totals = dict.fromkeys(RESULTS, 0)
+
+    # -- the engine's calls, from its sync thread --
+
+    def resume(self) -> None:
+        """Load what was kept: a rollout in progress goes on by its original deadline."""
+        with self._lock:
+            self._kept = self._store.load()
+            rollout = self._kept.rollout
+            if rollout and (rollout.watching or rollout.rollback_due):
+                log.info("rollout: resuming %s (%s)", short(rollout.commit), rollout.state)
+
+    def begin(self, commit: str, previous_live: str | None = None) -> Decision | None:
+        """A publish of `commit`; `previous_live` counts only when nothing was ever kept."""
+        now = self._clock()
+        with self._changing() as kept:
+            old = kept.rollout
+            if old and (old.state == "pending" or old.rollback_due):
+                self._finish(old, "superseded", now, f"superseded by {short(commit)}")
+            target = kept.live_commit
+            if target is None and old is None and previous_live and previous_live not in kept.bad:
+                target = previous_live
+            if self.probe is None:
+                kept.live_commit = commit
+                kept.rollout = Rollout(commit, "live", now, None, target)
+                self._finish(kept.rollout, "live", now)
+                return Live(commit)
+            kept.rollout = Rollout(commit, "pending", now, now + self.timeout, target, watching=commit)
+            self._rollback_handed = False
+        log.info("rollout: following %s (live: %s)", short(commit), short(target))
+        return None
+
+    def poll(self, now: float | None = None) -> Decision | None:
+        """Ask the app once; a decision when the rollout in progress has come to one."""
+        seen = self.probe.observe() if self.probe else None   # outside the lock: network
+        now = self._clock() if now is None else now
+        with self._changing() as kept:
+            self._seen = seen
+            rollout = kept.rollout
+            if rollout and rollout.rollback_due and not self._rollback_handed:
+                self._rollback_handed = True   # again after a restart: the flip may not have happened
+                return Rollback(to=rollout.target or "", bad=rollout.commit, reason=rollout.reason or "")
+            if rollout is None or rollout.watching is None or seen is None:
+                return None
+            if rollout.state == "pending":
+                return self._judge_publish(kept, rollout, seen, now)
+            return self._judge_rollback(kept, rollout, seen, now)
+
+    def rolled_back(self, commit: str) -> None:
+        """The engine has flipped the link back after Rollback(bad=commit)."""
+        now = self._clock()
+        with self._changing() as kept:
+            rollout = kept.rollout
+            if not rollout or rollout.commit != commit or not rollout.rollback_due:
+                return
+            rollout.rollback_due = False
+            rollout.watching, rollout.deadline = rollout.target, now + self.timeout
+            self._finish(rollout, "rolled_back", now)
+        log.warning("rollout: %s rolled back to %s: %s", short(commit), short(rollout.target),
+                    rollout.reason)
+
+    def rollback_failed(self, commit: str, error: str) -> None:
+        """The engine could not flip back after Rollback(bad=commit)."""
+        now = self._clock()
+        with self._changing() as kept:
+            rollout = kept.rollout
+            if rollout and rollout.commit == commit and rollout.rollback_due:
+                rollout.rollback_due = False
+                self._finish(rollout, "failed", now,
+                             f"{rollout.reason}; rollback to {short(rollout.target)} failed: {error}")
+
+    def active(self) -> bool:
+        """True while a decision may come: poll often."""
+        with self._lock:
+            rollout = self._kept.rollout
+            return bool(rollout and (rollout.watching or rollout.rollback_due))
+
+    # -- judging --
+
+    def _judge_publish(self, kept: Kept, rollout: Rollout, seen: Observation, now: float) -> Decision | None:
+        commit = rollout.commit
+        reason = seen.failure_of(commit)
+        if reason is None and seen.live_on(commit):
+            kept.live_commit = commit
+            self._finish(rollout, "live", now)
+            log.info("rollout: %s is live", short(commit))
+            return Live(commit)
+        if reason is None and now >= (rollout.deadline or now):
+            waited = round((rollout.deadline or now) - rollout.started_at)   # the deadline it was given
+            reason = f"not live after {waited}s: {seen.why_not(commit)}"
+        if reason is None:
+            return None
+        rollout.reason = reason
+        rollout.watching = None
+        if self.rollback and rollout.target and not same_commit(rollout.target, commit):
+            rollout.state, rollout.rollback_due = "failed", True
+            self._rollback_handed = True
+            self._mark(kept, commit, reason, now)
+            log.warning("rollout: %s failed: %s; rolling back to %s", short(commit), reason,
+                        short(rollout.target))
+            return Rollback(to=rollout.target, bad=commit, reason=reason)
+        if self.rollback:
+            reason = f"{reason}; nothing live to roll back to"
+        self._finish(rollout, "failed", now, reason)
+        log.warning("rollout: %s failed: %s", short(commit), reason)
+        return Failed(commit, reason)
+
+    def _judge_rollback(self, kept: Kept, rollout: Rollout, seen: Observation, now: float) -> Decision | None:
+        back_to = rollout.watching or ""
+        why = seen.failure_of(back_to)
+        if why is None and seen.live_on(back_to):
+            rollout.watching = None
+            log.info("rollout: %s is live again after the rollback", short(back_to))
+            return Live(back_to)
+        if why is None and now >= (rollout.deadline or now):
+            why = f"not live {round(self.timeout)}s after the rollback: {seen.why_not(back_to)}"
+        if why is None:
+            return None
+        reason = (f"{short(rollout.commit)} failed ({rollout.reason}) and {short(back_to)}, rolled back "
+                  f"to, failed too ({why}); not rolling back again")
+        rollout.watching = None
+        kept.live_commit = None
+        self._finish(rollout, "degraded", now, reason)
+        log.error("rollout: degraded: %s", reason)
+        return Degraded(back_to, reason)
+
+    def _finish(self, rollout: Rollout, result: str, now: float, reason: str | None = None) -> None:
+        """Record a result; only after a rollback is a commit (the one rolled back to) still watched."""
+        if reason is not None:
+            rollout.reason = reason
+        rollout.state, rollout.finished_at = result, now
+        if result != "rolled_back":
+            rollout.watching = None
+        self._events.append(RolloutResult(rollout.commit, result, rollout.reason,
+                                          max(0.0, now - rollout.started_at)))
+
+    # -- bad commits and the pause; any thread --
+
+    def is_bad(self, commit: str) -> bool:
+        with self._lock:
+            return commit in self._kept.bad
+
+    def mark_bad(self, commit: str, reason: str) -> None:
+        with self._changing() as kept:
+            self._mark(kept, commit, reason, self._clock())
+
+    def clear(self, commit: str) -> bool:
+        """Forget the bad mark of `commit` (POST /api/v1/retry); True if there was one."""
+        with self._changing() as kept:
+            return kept.bad.pop(commit, None) is not None
+
+    def forget_others(self, head: str) -> list[str]:
+        """The ref points at `head`: the marks of other commits no longer matter.
+
+        A bad mark holds until the ref moves; should the ref come back to an old commit
+        later, that is a new push of it and it is tried again.
+        """
+        with self._changing() as kept:
+            gone = [commit for commit in kept.bad if commit != head]
+            for commit in gone:
+                del kept.bad[commit]
+            return gone
+
+    @property
+    def paused(self) -> bool:
+        with self._lock:
+            return self._kept.paused
+
+    def set_paused(self, paused: bool) -> None:
+        with self._changing() as kept:
+            kept.paused = paused
+        log.info("rollout: deploys %s", "paused" if paused else "resumed")
+
+    @staticmethod
+    def _mark(kept: Kept, commit: str, reason: str, now: float) -> None:
+        kept.bad[commit] = BadMark(commit, reason, rfc3339(now) or "")
+
+    # -- what others read --
+
+    def app_reports(self) -> bool:
+        """The app says which trees it runs in (gitsync-reload, reachable at the last poll)."""
+        with self._lock:
+            return bool(self._seen and self._seen.reachable and self._seen.reports)
+
+    def running_commits(self) -> frozenset[str]:
+        """Commits the app reported running at the last poll: their trees must stay."""
+        with self._lock:
+            return self._seen.running() if self.app_reports() and self._seen else frozenset()
+
+    def protected_commits(self) -> frozenset[str]:
+        """Every commit whose tree must stay: running, live, followed, or a rollback target."""
+        with self._lock:
+            rollout = self._kept.rollout
+            keep = {self._kept.live_commit}
+            if rollout and (rollout.watching or rollout.rollback_due):
+                keep |= {rollout.commit, rollout.target, rollout.watching}
+            return self.running_commits() | frozenset(c for c in keep if c)
+
+    def snapshot(self) -> dict:
+        """What /api/v1/status adds: live_commit, rollout, bad_commits, paused."""
+        with self._lock:
+            kept, rollout = self._kept, self._kept.rollout
+            shown = None
+            if rollout:
+                shown = {"commit": rollout.commit, "state": rollout.state, "reason": rollout.reason,
+                         "started_at": rfc3339(rollout.started_at),
+                         "finished_at": rfc3339(rollout.finished_at)}
+            return {"live_commit": kept.live_commit, "rollout": shown, "paused": kept.paused,
+                    "bad_commits": [{"commit": m.commit, "reason": m.reason, "at": m.at}
+                                    for m in kept.bad.values()]}
+
+    def add_listener(self, listener: Callable[[RolloutResult], None]) -> None:
+        """`listener(result)` after each finished rollout, outside the lock."""
+        self._listeners.append(listener)
+
+    def totals(self) -> dict[str, int]:
+        """Finished rollouts by result, since start: gitsync_rollouts_total{result}."""
+        with self._lock:
+            return dict(self._totals)
+
+    @contextmanager
+    def _changing(self) -> Iterator[Kept]:
+        """Change what is kept under the lock, save it, then tell listeners."""
+        with self._lock:
+            before = self._kept.to_json()
+            yield self._kept
+            if self._kept.to_json() != before:   # a poll that changed nothing writes nothing
+                self._store.save(self._kept)
+            events, self._events = self._events, []
+            for event in events:
+                self._totals[event.result] += 1
+        for event in events:
+            for listener in self._listeners:
+                listener(event)
