@@ -53,7 +53,8 @@ def test_a_failed_attempt_gives_the_apps_reason_with_the_last_output_line(app):
 
 def test_a_failure_before_the_app_saw_the_publish_is_not_this_publish(app):
     # the link was flipped back to GOOD; the old failed attempt of BAD is still shown
-    app.answer(reload_status(GOOD, target=GOOD, attempt={"commit": BAD, "state": "failed", "reason": "exited 1"}))
+    stale = {"commit": BAD, "state": "failed", "reason": "exited 1"}
+    app.answer(reload_status(GOOD, target=GOOD, attempt=stale))
     seen = StatusProbe(app.url).observe()
     assert seen.failure_of(BAD) is None
     assert "has not seen the publish" in seen.why_not(BAD)

@@ -215,6 +215,18 @@ def test_a_newer_publish_supersedes_and_the_older_is_never_rolled_back_onto(trac
     assert not tracker.is_bad(NEW)
 
 
+def test_the_same_publish_told_twice_keeps_its_deadline(tracker_for, app, clock):
+    tracker = tracker_for(StatusProbe(app.url))
+    live_on(tracker, app, OLD)
+    tracker.begin(NEW)
+    app.answer(reload_status(OLD, target=NEW, attempt={"commit": NEW, "state": "starting"}))
+    clock.advance(40)
+    assert tracker.begin(NEW) is None and tracker.poll() is None
+    clock.advance(21)
+    assert isinstance(tracker.poll(), Rollback)
+    assert tracker.totals()["superseded"] == 0
+
+
 def test_a_restarted_sidecar_resumes_by_the_original_deadline(tmp_path, app, clock):
     first = Rollouts(tmp_path / "state", StatusProbe(app.url), clock=clock)
     first.resume()
@@ -243,6 +255,7 @@ def test_a_restart_before_the_flip_back_asks_for_the_rollback_again(tmp_path, ap
     second = Rollouts(tmp_path / "state", StatusProbe(app.url), clock=clock)
     second.resume()
     assert second.poll() == Rollback(to=OLD, bad=NEW, reason="exited 1")
+    assert second.poll() is None, "once per start"
     second.rolled_back(NEW)
     assert second.snapshot()["rollout"]["state"] == "rolled_back"
 

@@ -101,6 +101,8 @@ class Rollouts:
         now = self._clock()
         with self._changing() as kept:
             old = kept.rollout
+            if old and old.state == "pending" and old.commit == commit:
+                return None   # the same publish told twice: keep its deadline
             if old and (old.state == "pending" or old.rollback_due):
                 self._finish(old, "superseded", now, f"superseded by {short(commit)}")
             target = kept.live_commit
