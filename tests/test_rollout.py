@@ -79,34 +79,34 @@ def live_on(tracker: Rollouts, app: FakeApp, commit: str) -> None:
 def test_without_a_probe_a_publish_is_live_at_once(tracker_for):
     tracker = tracker_for(None)
     assert tracker.begin(NEW) == Live(NEW)
-    assert tracker.snapshot()["live_commit"] == NEW
-    assert tracker.snapshot()["rollout"]["state"] == "live"
+    assert tracker.ledger.snapshot()["live_commit"] == NEW
+    assert tracker.ledger.snapshot()["rollout"]["state"] == "live"
     assert not tracker.active() and tracker.poll() is None
 
 
 def test_pending_until_the_app_runs_the_commit_then_live(tracker_for, app, clock):
     tracker = tracker_for(StatusProbe(app.url))
     results = []
-    tracker.add_listener(results.append)
+    tracker.ledger.add_listener(results.append)
     live_on(tracker, app, OLD)
     tracker.begin(NEW)
     app.answer(reload_status(OLD, target=NEW, attempt={"commit": NEW, "state": "starting"}))
     clock.advance(2)
     assert tracker.poll() is None and tracker.active()
-    shown = tracker.snapshot()
+    shown = tracker.ledger.snapshot()
     assert shown["live_commit"] == OLD
     assert shown["rollout"] == {"commit": NEW, "state": "pending", "reason": None,
                                 "started_at": "2027-01-15T08:00:00.000Z", "finished_at": None}
     app.answer(reload_status(NEW))
     clock.advance(1.5)
     assert tracker.poll() == Live(NEW)
-    shown = tracker.snapshot()
+    shown = tracker.ledger.snapshot()
     assert shown["live_commit"] == NEW and shown["rollout"]["state"] == "live"
     assert shown["rollout"]["finished_at"] == "2027-01-15T08:00:03.500Z"
     assert not tracker.active()
     assert [(r.commit, r.result, r.duration_seconds) for r in results] == [(OLD, "live", 0.0),
                                                                            (NEW, "live", 3.5)]
-    assert tracker.totals()["live"] == 2
+    assert tracker.ledger.totals()["live"] == 2
 
 
 def test_a_failed_attempt_rolls_back_with_the_apps_reason(tracker_for, app, clock):
@@ -116,28 +116,28 @@ def test_a_failed_attempt_rolls_back_with_the_apps_reason(tracker_for, app, cloc
     app.answer(failed_attempt(OLD, NEW, "exited 1"))
     clock.advance(1)
     assert tracker.poll() == Rollback(to=OLD, bad=NEW, reason="exited 1")
-    assert tracker.is_bad(NEW) and tracker.snapshot()["rollout"]["state"] == "failed"
-    assert tracker.snapshot()["bad_commits"] == [
+    assert tracker.ledger.is_bad(NEW) and tracker.ledger.snapshot()["rollout"]["state"] == "failed"
+    assert tracker.ledger.snapshot()["bad_commits"] == [
         {"commit": NEW, "reason": "exited 1", "at": "2027-01-15T08:00:01.000Z"}]
     assert tracker.poll() is None, "the decision is handed out once"
     tracker.rolled_back(NEW)
-    shown = tracker.snapshot()
+    shown = tracker.ledger.snapshot()
     assert shown["rollout"]["state"] == "rolled_back" and shown["rollout"]["reason"] == "exited 1"
     assert shown["live_commit"] == OLD
     # the app is still serving OLD (a flip back to the running commit restarts nothing)
     app.answer(reload_status(OLD))
     assert tracker.poll() == Live(OLD)
-    assert tracker.snapshot()["rollout"]["state"] == "rolled_back" and not tracker.active()
-    assert tracker.totals()["rolled_back"] == 1
+    assert tracker.ledger.snapshot()["rollout"]["state"] == "rolled_back" and not tracker.active()
+    assert tracker.ledger.totals()["rolled_back"] == 1
 
 
 def test_status_url_down_fails_at_the_timeout_as_unreachable(tracker_for, app, clock):
     tracker = tracker_for(StatusProbe(f"http://127.0.0.1:{free_port()}/api/v1/status"))
-    tracker.mark_bad(sha("unrelated"), "x")
+    tracker.ledger.mark_bad(sha("unrelated"), "x")
     tracker.begin(NEW, previous_live=OLD)
     clock.advance(59)
     assert tracker.poll() is None
-    assert tracker.snapshot()["rollout"]["state"] == "pending"
+    assert tracker.ledger.snapshot()["rollout"]["state"] == "pending"
     clock.advance(2)
     decision = tracker.poll()
     assert decision == Rollback(to=OLD, bad=NEW,
@@ -170,12 +170,12 @@ def test_a_rollback_target_that_fails_too_is_degraded_without_a_second_rollback(
     clock.advance(1)
     decision = tracker.poll()
     assert isinstance(decision, Degraded) and decision.commit == OLD
-    shown = tracker.snapshot()
+    shown = tracker.ledger.snapshot()
     assert shown["rollout"]["state"] == "degraded" and shown["live_commit"] is None
     assert "killed by SIGSEGV" in shown["rollout"]["reason"]
     assert shown["rollout"]["reason"].endswith("not rolling back again")
     assert tracker.poll() is None and not tracker.active()
-    assert tracker.totals()["degraded"] == 1
+    assert tracker.ledger.totals()["degraded"] == 1
     # the next publish has nothing live to go back to: it fails, it does not flap
     tracker.begin(NEWER)
     app.answer(failed_attempt(None, NEWER, "exited 3"))
@@ -201,7 +201,7 @@ def test_a_rollback_target_not_live_by_the_timeout_is_degraded(tracker_for, app,
 def test_a_newer_publish_supersedes_and_the_older_is_never_rolled_back_onto(tracker_for, app, clock):
     tracker = tracker_for(StatusProbe(app.url))
     results = []
-    tracker.add_listener(results.append)
+    tracker.ledger.add_listener(results.append)
     live_on(tracker, app, OLD)
     tracker.begin(NEW)
     app.answer(reload_status(OLD, target=NEW, attempt={"commit": NEW, "state": "starting"}))
@@ -212,7 +212,7 @@ def test_a_newer_publish_supersedes_and_the_older_is_never_rolled_back_onto(trac
     assert tracker.poll() == Rollback(to=OLD, bad=NEWER, reason="exited 1")
     assert [(r.commit, r.result) for r in results][1:] == [(NEW, "superseded")]
     assert results[1].duration_seconds == 3 and results[1].reason == f"superseded by {NEWER[:7]}"
-    assert not tracker.is_bad(NEW)
+    assert not tracker.ledger.is_bad(NEW)
 
 
 def test_the_same_publish_told_twice_keeps_its_deadline(tracker_for, app, clock):
@@ -224,7 +224,7 @@ def test_the_same_publish_told_twice_keeps_its_deadline(tracker_for, app, clock)
     assert tracker.begin(NEW) is None and tracker.poll() is None
     clock.advance(21)
     assert isinstance(tracker.poll(), Rollback)
-    assert tracker.totals()["superseded"] == 0
+    assert tracker.ledger.totals()["superseded"] == 0
 
 
 def test_a_restarted_sidecar_resumes_by_the_original_deadline(tmp_path, app, clock):
@@ -236,8 +236,8 @@ def test_a_restarted_sidecar_resumes_by_the_original_deadline(tmp_path, app, clo
     clock.advance(50)
     second = Rollouts(tmp_path / "state", StatusProbe(app.url), clock=clock, timeout=600)
     second.resume()
-    assert second.active() and second.snapshot()["rollout"]["state"] == "pending"
-    assert second.snapshot()["live_commit"] == OLD
+    assert second.active() and second.ledger.snapshot()["rollout"]["state"] == "pending"
+    assert second.ledger.snapshot()["live_commit"] == OLD
     clock.advance(5)
     assert second.poll() is None
     clock.advance(6)
@@ -257,38 +257,38 @@ def test_a_restart_before_the_flip_back_asks_for_the_rollback_again(tmp_path, ap
     assert second.poll() == Rollback(to=OLD, bad=NEW, reason="exited 1")
     assert second.poll() is None, "once per start"
     second.rolled_back(NEW)
-    assert second.snapshot()["rollout"]["state"] == "rolled_back"
+    assert second.ledger.snapshot()["rollout"]["state"] == "rolled_back"
 
 
 def test_bad_marks_survive_a_new_tracker_until_cleared_or_the_ref_moves(tmp_path, clock):
     first = Rollouts(tmp_path / "state", None, clock=clock)
     first.resume()
-    first.mark_bad(NEW, "exited 1")
-    first.mark_bad(NEWER, "not live after 60s: not ready")
+    first.ledger.mark_bad(NEW, "exited 1")
+    first.ledger.mark_bad(NEWER, "not live after 60s: not ready")
     kept = json.loads((tmp_path / "state" / "rollout.json").read_text())
     assert kept["bad_commits"][0] == {"commit": NEW, "reason": "exited 1", "at": "2027-01-15T08:00:00.000Z"}
     second = Rollouts(tmp_path / "state", None, clock=clock)
     second.resume()
-    assert second.is_bad(NEW) and second.is_bad(NEWER) and not second.is_bad(OLD)
-    assert second.clear(NEW) and not second.clear(NEW)
-    assert second.forget_others(OLD) == [NEWER]
+    assert second.ledger.is_bad(NEW) and second.ledger.is_bad(NEWER) and not second.ledger.is_bad(OLD)
+    assert second.ledger.clear(NEW) and not second.ledger.clear(NEW)
+    assert second.ledger.forget_others(OLD) == [NEWER]
     third = Rollouts(tmp_path / "state", None, clock=clock)
     third.resume()
-    assert third.snapshot()["bad_commits"] == []
+    assert third.ledger.snapshot()["bad_commits"] == []
 
 
 def test_the_pause_persists(tmp_path, clock):
     first = Rollouts(tmp_path / "state", None, clock=clock)
     first.resume()
-    assert first.paused is False
-    first.set_paused(True)
+    assert first.ledger.paused is False
+    first.ledger.set_paused(True)
     second = Rollouts(tmp_path / "state", None, clock=clock)
     second.resume()
-    assert second.paused and second.snapshot()["paused"] is True
-    second.set_paused(False)
+    assert second.ledger.paused and second.ledger.snapshot()["paused"] is True
+    second.ledger.set_paused(False)
     third = Rollouts(tmp_path / "state", None, clock=clock)
     third.resume()
-    assert not third.paused
+    assert not third.ledger.paused
 
 
 def test_a_damaged_file_is_set_aside_and_the_tracker_starts_afresh(tmp_path, clock):
@@ -296,7 +296,8 @@ def test_a_damaged_file_is_set_aside_and_the_tracker_starts_afresh(tmp_path, clo
     (tmp_path / "state" / "rollout.json").write_text('{"live_commit": "abc", "rollout": {"com')
     tracker = Rollouts(tmp_path / "state", None, clock=clock)
     tracker.resume()
-    assert tracker.snapshot() == {"live_commit": None, "rollout": None, "paused": False, "bad_commits": []}
+    assert tracker.ledger.snapshot() == {"live_commit": None, "rollout": None, "paused": False,
+                                         "bad_commits": []}
     assert (tmp_path / "state" / "rollout.json.damaged").exists()
 
 
@@ -332,8 +333,8 @@ def test_rollback_off_reports_failed_and_keeps_the_commit_published(tracker_for,
     tracker.begin(NEW)
     app.answer(failed_attempt(OLD, NEW, "exited 2"))
     assert tracker.poll() == Failed(NEW, "exited 2")
-    assert not tracker.is_bad(NEW)
-    assert tracker.snapshot()["rollout"]["state"] == "failed"
+    assert not tracker.ledger.is_bad(NEW)
+    assert tracker.ledger.snapshot()["rollout"]["state"] == "failed"
 
 
 def test_a_health_url_is_live_once_it_answers_2xx(tracker_for, app, clock):

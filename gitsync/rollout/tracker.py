@@ -5,27 +5,23 @@ while `active()`, else once a cycle); `poll()` returns a decision or None. The t
 never touches the link itself: a Rollback decision is carried out by the engine, which
 then calls `rolled_back()`. After that the commit rolled back to is watched too; if it
 fails as well the state is `degraded` and nothing is rolled back again (no flapping).
-Everything worth keeping goes to the Store at once, so a restart resumes by the same
-deadline. `snapshot()`, `is_bad()`, the pause and the bad marks are safe from any thread.
+Everything worth keeping goes to the volume at once (`ledger`, see ledger.py), so a
+restart resumes by the same deadline; the bad marks, the pause and the snapshot for
+the API live on `rollouts.ledger`, safe from any thread.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from .ledger import Kept, Ledger, Rollout, RolloutResult
 from .probes import Observation, Probe, same_commit, short
-from .store import BadMark, Kept, Rollout, Store, rfc3339
 
 log = logging.getLogger(__name__)
-
-RESULTS = ("live", "rolled_back", "failed", "degraded", "superseded")
-
 
 @dataclass(frozen=True)
 class Live:
@@ -60,16 +56,6 @@ class Degraded:
 Decision = Live | Rollback | Failed | Degraded
 
 
-@dataclass(frozen=True)
-class RolloutResult:
-    """One finished rollout, for metrics and history: `result` is one of RESULTS."""
-
-    commit: str
-    result: str
-    reason: str | None
-    duration_seconds: float
-
-
 class Rollouts:
     def __init__(self, directory: Path, probe: Probe | None = None, *, timeout: float = 60.0,
                  rollback: bool = True, clock: Callable[[], float] = time.time):
@@ -77,29 +63,23 @@ class Rollouts:
         self.timeout = timeout
         self.rollback = rollback and probe is not None
         self._clock = clock
-        self._store = Store(directory)
-        self._kept = Kept()
-        self._lock = threading.RLock()
+        self.ledger = Ledger(directory, clock)
         self._seen: Observation | None = None
         self._rollback_handed = False
-        self._events: list[RolloutResult] = []
-        self._listeners: list[Callable[[RolloutResult], None]] = []
-        self._totals = dict.fromkeys(RESULTS, 0)
 
     # -- the engine's calls, from its sync thread --
 
     def resume(self) -> None:
         """Load what was kept: a rollout in progress goes on by its original deadline."""
-        with self._lock:
-            self._kept = self._store.load()
-            rollout = self._kept.rollout
+        with self.ledger.lock:
+            rollout = self.ledger.load().rollout
             if rollout and (rollout.watching or rollout.rollback_due):
                 log.info("rollout: resuming %s (%s)", short(rollout.commit), rollout.state)
 
     def begin(self, commit: str, previous_live: str | None = None) -> Decision | None:
         """A publish of `commit`; `previous_live` counts only when nothing was ever kept."""
         now = self._clock()
-        with self._changing() as kept:
+        with self.ledger.changing() as kept:
             old = kept.rollout
             if old and old.state == "pending" and old.commit == commit:
                 return None   # the same publish told twice: keep its deadline
@@ -122,7 +102,7 @@ class Rollouts:
         """Ask the app once; a decision when the rollout in progress has come to one."""
         seen = self.probe.observe() if self.probe else None   # outside the lock: network
         now = self._clock() if now is None else now
-        with self._changing() as kept:
+        with self.ledger.changing() as kept:
             self._seen = seen
             rollout = kept.rollout
             if rollout and rollout.rollback_due and not self._rollback_handed:
@@ -137,7 +117,7 @@ class Rollouts:
     def rolled_back(self, commit: str) -> None:
         """The engine has flipped the link back after Rollback(bad=commit)."""
         now = self._clock()
-        with self._changing() as kept:
+        with self.ledger.changing() as kept:
             rollout = kept.rollout
             if not rollout or rollout.commit != commit or not rollout.rollback_due:
                 return
@@ -150,7 +130,7 @@ class Rollouts:
     def rollback_failed(self, commit: str, error: str) -> None:
         """The engine could not flip back after Rollback(bad=commit)."""
         now = self._clock()
-        with self._changing() as kept:
+        with self.ledger.changing() as kept:
             rollout = kept.rollout
             if rollout and rollout.commit == commit and rollout.rollback_due:
                 rollout.rollback_due = False
@@ -159,8 +139,8 @@ class Rollouts:
 
     def active(self) -> bool:
         """True while a decision may come: poll often."""
-        with self._lock:
-            rollout = self._kept.rollout
+        with self.ledger.lock:
+            rollout = self.ledger.kept.rollout
             return bool(rollout and (rollout.watching or rollout.rollback_due))
 
     # -- judging --
@@ -183,7 +163,7 @@ class Rollouts:
         if self.rollback and rollout.target and not same_commit(rollout.target, commit):
             rollout.state, rollout.rollback_due = "failed", True
             self._rollback_handed = True
-            self._mark(kept, commit, reason, now)
+            kept.mark_bad(commit, reason, now)
             log.warning("rollout: %s failed: %s; rolling back to %s", short(commit), reason,
                         short(rollout.target))
             return Rollback(to=rollout.target, bad=commit, reason=reason)
@@ -219,104 +199,26 @@ class Rollouts:
         rollout.state, rollout.finished_at = result, now
         if result != "rolled_back":
             rollout.watching = None
-        self._events.append(RolloutResult(rollout.commit, result, rollout.reason,
-                                          max(0.0, now - rollout.started_at)))
-
-    # -- bad commits and the pause; any thread --
-
-    def is_bad(self, commit: str) -> bool:
-        with self._lock:
-            return commit in self._kept.bad
-
-    def mark_bad(self, commit: str, reason: str) -> None:
-        with self._changing() as kept:
-            self._mark(kept, commit, reason, self._clock())
-
-    def clear(self, commit: str) -> bool:
-        """Forget the bad mark of `commit` (POST /api/v1/retry); True if there was one."""
-        with self._changing() as kept:
-            return kept.bad.pop(commit, None) is not None
-
-    def forget_others(self, head: str) -> list[str]:
-        """The ref points at `head`: the marks of other commits no longer matter.
-
-        A bad mark holds until the ref moves; should the ref come back to an old commit
-        later, that is a new push of it and it is tried again.
-        """
-        with self._changing() as kept:
-            gone = [commit for commit in kept.bad if commit != head]
-            for commit in gone:
-                del kept.bad[commit]
-            return gone
-
-    @property
-    def paused(self) -> bool:
-        with self._lock:
-            return self._kept.paused
-
-    def set_paused(self, paused: bool) -> None:
-        with self._changing() as kept:
-            kept.paused = paused
-        log.info("rollout: deploys %s", "paused" if paused else "resumed")
-
-    @staticmethod
-    def _mark(kept: Kept, commit: str, reason: str, now: float) -> None:
-        kept.bad[commit] = BadMark(commit, reason, rfc3339(now) or "")
+        self.ledger.record(RolloutResult(rollout.commit, result, rollout.reason,
+                                         max(0.0, now - rollout.started_at)))
 
     # -- what others read --
 
     def app_reports(self) -> bool:
         """The app says which trees it runs in (gitsync-reload, reachable at the last poll)."""
-        with self._lock:
+        with self.ledger.lock:
             return bool(self._seen and self._seen.reachable and self._seen.reports)
 
     def running_commits(self) -> frozenset[str]:
         """Commits the app reported running at the last poll: their trees must stay."""
-        with self._lock:
+        with self.ledger.lock:
             return self._seen.running() if self.app_reports() and self._seen else frozenset()
 
     def protected_commits(self) -> frozenset[str]:
         """Every commit whose tree must stay: running, live, followed, or a rollback target."""
-        with self._lock:
-            rollout = self._kept.rollout
-            keep = {self._kept.live_commit}
+        with self.ledger.lock:
+            rollout = self.ledger.kept.rollout
+            keep = {self.ledger.kept.live_commit}
             if rollout and (rollout.watching or rollout.rollback_due):
                 keep |= {rollout.commit, rollout.target, rollout.watching}
             return self.running_commits() | frozenset(c for c in keep if c)
-
-    def snapshot(self) -> dict:
-        """What /api/v1/status adds: live_commit, rollout, bad_commits, paused."""
-        with self._lock:
-            kept, rollout = self._kept, self._kept.rollout
-            shown = None
-            if rollout:
-                shown = {"commit": rollout.commit, "state": rollout.state, "reason": rollout.reason,
-                         "started_at": rfc3339(rollout.started_at),
-                         "finished_at": rfc3339(rollout.finished_at)}
-            return {"live_commit": kept.live_commit, "rollout": shown, "paused": kept.paused,
-                    "bad_commits": [{"commit": m.commit, "reason": m.reason, "at": m.at}
-                                    for m in kept.bad.values()]}
-
-    def add_listener(self, listener: Callable[[RolloutResult], None]) -> None:
-        """`listener(result)` after each finished rollout, outside the lock."""
-        self._listeners.append(listener)
-
-    def totals(self) -> dict[str, int]:
-        """Finished rollouts by result, since start: gitsync_rollouts_total{result}."""
-        with self._lock:
-            return dict(self._totals)
-
-    @contextmanager
-    def _changing(self) -> Iterator[Kept]:
-        """Change what is kept under the lock, save it, then tell listeners."""
-        with self._lock:
-            before = self._kept.to_json()
-            yield self._kept
-            if self._kept.to_json() != before:   # a poll that changed nothing writes nothing
-                self._store.save(self._kept)
-            events, self._events = self._events, []
-            for event in events:
-                self._totals[event.result] += 1
-        for event in events:
-            for listener in self._listeners:
-                listener(event)
