@@ -260,6 +260,34 @@ def test_a_restart_before_the_flip_back_asks_for_the_rollback_again(tmp_path, ap
     assert second.ledger.snapshot()["rollout"]["state"] == "rolled_back"
 
 
+def test_a_flip_back_that_fails_is_a_failed_rollout(tracker_for, app, clock):
+    tracker = tracker_for(StatusProbe(app.url))
+    live_on(tracker, app, OLD)
+    tracker.begin(NEW)
+    app.answer(failed_attempt(OLD, NEW))
+    assert isinstance(tracker.poll(), Rollback)
+    tracker.rollback_failed(NEW, "publish: the tree of OLD is damaged\nand could not be rebuilt")
+    rollout = tracker.ledger.snapshot()["rollout"]
+    assert rollout["state"] == "failed" and not tracker.active()
+    assert rollout["reason"] == (f"exited 1; rollback to {OLD[:7]} failed: publish: the tree of OLD is "
+                                 "damaged and could not be rebuilt")
+    assert tracker.ledger.totals()["failed"] == 1
+
+
+def test_a_publish_before_the_flip_back_supersedes_the_failed_one(tracker_for, app, clock):
+    tracker = tracker_for(StatusProbe(app.url))
+    live_on(tracker, app, OLD)
+    tracker.begin(NEW)
+    app.answer(failed_attempt(OLD, NEW))
+    assert isinstance(tracker.poll(), Rollback)
+    tracker.begin(NEWER)
+    assert tracker.ledger.totals()["superseded"] == 1 and tracker.ledger.is_bad(NEW)
+    tracker.rolled_back(NEW)   # too late: ignored
+    assert tracker.ledger.snapshot()["rollout"]["commit"] == NEWER
+    app.answer(reload_status(NEWER))
+    assert tracker.poll() == Live(NEWER)
+
+
 def test_bad_marks_survive_a_new_tracker_until_cleared_or_the_ref_moves(tmp_path, clock):
     first = Rollouts(tmp_path / "state", None, clock=clock)
     first.resume()

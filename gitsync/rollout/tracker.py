@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .ledger import Kept, Ledger, Rollout, RolloutResult
-from .probes import Observation, Probe, same_commit, short
+from .probes import Observation, Probe, one_line, same_commit, short
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,10 @@ class Rollouts:
         return None
 
     def poll(self, now: float | None = None) -> Decision | None:
-        """Ask the app once; a decision when the rollout in progress has come to one."""
+        """Ask the app once; a decision when the rollout in progress has come to one.
+
+        `now` is wall-clock seconds like the clock's (deadlines are kept across restarts).
+        """
         seen = self.probe.observe() if self.probe else None   # outside the lock: network
         now = self._clock() if now is None else now
         with self.ledger.changing() as kept:
@@ -134,8 +137,8 @@ class Rollouts:
             rollout = kept.rollout
             if rollout and rollout.commit == commit and rollout.rollback_due:
                 rollout.rollback_due = False
-                self._finish(rollout, "failed", now,
-                             f"{rollout.reason}; rollback to {short(rollout.target)} failed: {error}")
+                why = f"rollback to {short(rollout.target)} failed: {one_line(error)}"
+                self._finish(rollout, "failed", now, f"{rollout.reason}; {why}")
 
     def active(self) -> bool:
         """True while a decision may come: poll often."""
