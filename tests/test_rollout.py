@@ -245,6 +245,17 @@ def test_a_restarted_sidecar_resumes_by_the_original_deadline(tmp_path, app, clo
                                                             f"{OLD[:7]}; {NEW[:7]} is starting")
 
 
+def test_a_restart_without_the_probe_makes_the_pending_publish_live(tmp_path, app, clock):
+    first = Rollouts(tmp_path / "state", StatusProbe(app.url), clock=clock)
+    first.resume()
+    first.begin(NEW)
+    second = Rollouts(tmp_path / "state", None, clock=clock)
+    second.resume()
+    assert not second.active()
+    assert second.ledger.snapshot()["live_commit"] == NEW
+    assert second.ledger.snapshot()["rollout"]["state"] == "live"
+
+
 def test_a_restart_before_the_flip_back_asks_for_the_rollback_again(tmp_path, app, clock):
     first = Rollouts(tmp_path / "state", StatusProbe(app.url), clock=clock)
     first.resume()
@@ -339,7 +350,8 @@ def test_polls_that_change_nothing_write_nothing(tracker_for, app, tmp_path, clo
     for _ in range(3):
         clock.advance(1)
         assert tracker.poll() is None
-    assert os.stat(kept).st_ino == before
+    Rollouts(tmp_path / "state", StatusProbe(app.url), clock=clock).resume()
+    assert os.stat(kept).st_ino == before, "a poll or a start that changes nothing writes nothing"
     assert sorted(p.name for p in kept.parent.iterdir()) == ["rollout.json"], "no temp files left"
 
 

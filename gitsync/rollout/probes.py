@@ -156,7 +156,7 @@ class StatusProbe(_HttpProbe):
             return self.unreachable(f"answered {status}")
         try:
             data = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):
             return self.unreachable("the answer is not JSON")
         shape_error = status_shape_error(data)
         if shape_error:
@@ -258,7 +258,7 @@ def _header_commit(headers) -> str | None:
 def _body_commit(body: bytes) -> str | None:
     try:
         data = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     commit = data.get("commit") if isinstance(data, dict) else None
     return commit.lower() if isinstance(commit, str) and _COMMIT_RE.match(commit.lower()) else None
@@ -279,6 +279,8 @@ def _connection_reason(err: Exception) -> str:
     for kind, text in known.items():
         if isinstance(cause, kind):
             return text
+    if "Timeout" in type(cause).__name__:
+        return "timed out"
     if "NameResolution" in type(cause).__name__ or "getaddrinfo" in str(cause):
         return "cannot resolve the host name"
     return type(cause).__name__

@@ -71,9 +71,13 @@ class Rollouts:
 
     def resume(self) -> None:
         """Load what was kept: a rollout in progress goes on by its original deadline."""
-        with self.ledger.lock:
-            rollout = self.ledger.load().rollout
-            if rollout and (rollout.watching or rollout.rollback_due):
+        self.ledger.load()
+        with self.ledger.changing() as kept:
+            rollout = kept.rollout
+            if rollout and rollout.state == "pending" and self.probe is None:
+                kept.live_commit = rollout.commit   # the probe is gone: live at once, as without one
+                self._finish(rollout, "live", self._clock())
+            elif rollout and (rollout.watching or rollout.rollback_due):
                 log.info("rollout: resuming %s (%s)", short(rollout.commit), rollout.state)
 
     def begin(self, commit: str, previous_live: str | None = None) -> Decision | None:
