@@ -21,7 +21,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "Dockerfile"
 
-# The target each image is built from (README.md, "Building the images", shows the commands).
+# The target each image is built from (docs/kubernetes.md, "Building the images", shows the commands).
 SIDECAR_TARGET = "gitsync"
 DEMO_TARGET = "demo"
 

@@ -37,7 +37,7 @@ VARIANTS = [BASE, *OVERLAYS]
 # Which Dockerfile target each image name in the manifests is built from.
 IMAGE_TARGETS = {"gitsync": SIDECAR_TARGET, "gitsync-demo": DEMO_TARGET}
 
-# Memory measured for the README ("Resource sizing") (MiB, from /proc): gitsync idle (VmRSS);
+# Memory measured for docs/kubernetes.md ("Resource sizing") (MiB, from /proc): gitsync idle (VmRSS);
 # its whole process tree, Python and git, at the peak of a first sync of a
 # 20,000-file, 200 MB tree (sum of PSS); gitsync-reload, the demo app and the
 # --preload spare interpreter (VmRSS of each).

@@ -680,7 +680,7 @@ def test_listen_burst_of_flips_under_requests_refuses_no_connection(trees, start
     assert last["hash"] == shas[-1] and alive(last["pid"])
 
 
-# --- the watcher recipe in README.md -------------------------------------------------------
+# --- the watcher recipe in docs/reload.md -------------------------------------------------------
 
 
 START_APP = """#!/bin/sh
@@ -691,8 +691,14 @@ exec {python} {app}
 """
 
 
+def test_the_watcher_recipe_in_the_docs_is_the_one_tested():
+    recipe = (REPO / "docs" / "reload.md").read_text()
+    assert START_APP.format(link="/repo/app", python="python", app="app.py") in recipe
+    assert "watchfiles --target-type command --non-recursive /usr/local/bin/start-app /repo" in recipe
+
+
 def test_watchfiles_cli_recipe_restarts_onto_new_tree(trees, tmp_path, child_script):
-    """README.md, watcher recipes: `watchfiles --non-recursive` on the link's directory, a start script entering the link."""
+    """docs/reload.md, your own file watcher: `watchfiles --non-recursive` on the link's directory, a start script entering the link."""
     first, second = trees.make(), trees.make()
     trees.flip(first)
     start_app = tmp_path / "start-app"
