@@ -8,7 +8,6 @@ status answer says what failed without leaking a secret.
 from __future__ import annotations
 
 import logging
-import os
 import re
 import subprocess
 import threading

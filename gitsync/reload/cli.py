@@ -8,9 +8,7 @@ from collections.abc import Mapping, Sequence
 
 from .config import PROG, ConfigError, build_config
 from .supervisor import Supervisor
-from .systemd import LISTEN_FD, Activation, NoActivation, open_listener
-
-logger = logging.getLogger(__name__)
+from .systemd import Activation, NoActivation, open_listener
 
 
 def run(argv: Sequence[str], environ: Mapping[str, str]) -> int:
@@ -30,10 +28,7 @@ def run(argv: Sequence[str], environ: Mapping[str, str]) -> int:
         activation = Activation(listener)
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {PROG} %(levelname)s %(message)s")
     logging.getLogger("watchfiles").setLevel(logging.WARNING)  # it logs every batch at INFO
-    if isinstance(activation, Activation):
-        host, port = activation.listener.getsockname()[:2]
-        logger.info("listening on %s:%s; each command gets the socket as fd %s",
-                    f"[{host}]" if ":" in host else host, port, LISTEN_FD)
+    activation.announce()
     supervisor = Supervisor(config, activation)
     supervisor.install_signal_handlers()
     status = supervisor.run()

@@ -1,8 +1,7 @@
 """How a command is started: cold (a fresh process in its own group) or warm (--preload:
 in a spare interpreter that imported the modules beforehand, cold when there is none).
 
-Interface the loop uses: `launch(tree, environ)` -> (process, warm), raising OSError or
-NotStarted; `tend()` every tick; `child_ready()` when a command sent READY=1;
+Interface the loop uses: `start(tree)` -> Child, raising OSError or NotStarted; `tend()` every tick; `child_ready()` when a command sent READY=1;
 `processes()` (its own children, for reaping); `close()`; `fatal` once it gave up.
 """
 
@@ -18,6 +17,7 @@ from collections.abc import Mapping
 from gitsync import procs
 from gitsync.durations import format_duration
 
+from .child import Child
 from .config import ReloadConfig
 from .spare import Spare
 from .systemd import NoActivation
@@ -41,6 +41,17 @@ class ColdLauncher:
         self.activation = activation
         self.should_exit = should_exit
         self.fatal: str | None = None  # why gitsync-reload must give up (exit 2)
+
+    def start(self, tree: str) -> Child:
+        """Start CMD in tree, with GITSYNC_HASH and (--listen) its own NOTIFY_SOCKET."""
+        notices, environ = self.activation.prepare()
+        try:
+            process, warm = self.launch(tree, {"GITSYNC_HASH": os.path.basename(tree), **environ})
+        except BaseException:
+            if notices is not None:
+                notices.close()
+            raise
+        return Child(process, tree, time.monotonic(), notices, warm=warm)
 
     def base_environ(self) -> dict[str, str]:
         return self.activation.base_environ(self.config.environ)

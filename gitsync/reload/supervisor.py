@@ -11,27 +11,21 @@ from __future__ import annotations
 
 import logging
 import os
-import select
 import signal
 import threading
-import time
-from collections.abc import Mapping
 
 from gitsync import procs
 from gitsync.durations import format_duration
 
-from .child import Child, Stopper
+from .child import Stopper
 from .config import ReloadConfig
 from .launcher import NotStarted, launcher_for
 from .record import Record
 from .rollover import rollover_for, stop_signal
-from .systemd import NoActivation, Notices
-from .watch import LinkWatcher, resolve_tree
+from .systemd import NoActivation
+from .watch import Debounce, LinkWatcher, resolve_tree, warn_if_not_a_symlink
 
 logger = logging.getLogger(__name__)
-
-STARTING_TICK = 0.01  # how often the link is looked at while a new command starts beside the old one
-
 
 class Supervisor:
     def __init__(self, config: ReloadConfig, activation: NoActivation):
@@ -44,8 +38,7 @@ class Supervisor:
         self.stopper = Stopper(stop_signal(config), config.grace, self.force_exit, self.our_processes)
         self.rollover = rollover_for(config, self.record, self.stopper)
         self.watcher = LinkWatcher(config.link, self.should_exit)
-        self.touched_at: float | None = None  # the latest link event not yet acted on
-        self.link_seen: str | None = None  # the link's target, as wait_for_ready() last saw it
+        self.debounce = Debounce(config.debounce)
         self.waiting_logged = False
 
     @property
@@ -64,12 +57,12 @@ class Supervisor:
 
     def run(self) -> int:
         procs.become_subreaper()
-        self.warn_if_not_a_symlink()
+        warn_if_not_a_symlink(self.config.link)
         try:
             self.launcher.tend()  # a spare imports while the watch is set up and the link awaited
             while not self.should_exit.is_set():
                 if self.wait():
-                    self.touched_at = time.monotonic()
+                    self.debounce.touch()
                 self.tend()
         finally:
             self.launcher.close()
@@ -79,18 +72,11 @@ class Supervisor:
         return 2 if self.fatal else self.record.status
 
     def wait(self) -> bool:
+        """Up to a tick; True if the link may have moved."""
         starting = self.record.starting
         if starting is not None and starting.notices is not None:
-            return self.wait_for_ready(starting.notices)
+            return self.watcher.touched_or_readable(starting.notices.sock)
         return self.watcher.touched()
-
-    def wait_for_ready(self, notices: Notices) -> bool:
-        """While a new command starts: wake as soon as it writes to its NOTIFY_SOCKET, and
-        look at the link every STARTING_TICK (the watcher keeps its events meanwhile)."""
-        select.select([notices.sock], [], [], STARTING_TICK)
-        tree = resolve_tree(self.config.link)
-        moved, self.link_seen = tree != self.link_seen, tree
-        return moved
 
     def our_processes(self) -> list:
         return [child.process for child in self.record.children()] + self.launcher.processes()
@@ -101,7 +87,7 @@ class Supervisor:
         self.read_notices()
         self.notice_exit()
         self.rollover.tend()
-        if self.link_settled():
+        if self.debounce.settled():
             self.follow_link()
         if self.start_due():
             self.start()
@@ -130,13 +116,6 @@ class Supervisor:
         delay = self.record.backoff.schedule(ran_for)
         logger.info("starting it again in %s", format_duration(delay))
 
-    def link_settled(self) -> bool:
-        # A burst of flips keeps pushing touched_at; act once it has been quiet for --debounce.
-        if self.touched_at is None or time.monotonic() - self.touched_at < self.config.debounce:
-            return False
-        self.touched_at = None
-        return True
-
     def follow_link(self) -> None:
         tree = resolve_tree(self.config.link)
         if tree is None or tree == self.record.tree:
@@ -164,7 +143,7 @@ class Supervisor:
         self.waiting_logged = False
         self.record.tree, self.record.backoff.due = tree, None
         try:
-            child = self.spawn(tree)
+            child = self.launcher.start(tree)
         except NotStarted:
             return
         except OSError as error:
@@ -178,17 +157,6 @@ class Supervisor:
             self.record.starting = child
         logger.info("started pid %s in %s (GITSYNC_HASH=%s%s): %s", child.pid, tree, child.sha,
                     ", warm" if child.warm else "", " ".join(self.config.command))
-
-    def spawn(self, tree: str) -> Child:
-        """Start CMD in tree, with GITSYNC_HASH and (--listen) its own NOTIFY_SOCKET."""
-        notices, environ = self.activation.prepare()
-        try:
-            process, warm = self.launcher.launch(tree, {"GITSYNC_HASH": os.path.basename(tree), **environ})
-        except BaseException:
-            if notices is not None:
-                notices.close()
-            raise
-        return Child(process, tree, time.monotonic(), notices, warm=warm)
 
     def stop_all(self, reason: str) -> None:
         """Signal every command at once, then wait for each; the status is the serving one's."""
@@ -209,7 +177,3 @@ class Supervisor:
         if not self.waiting_logged:
             logger.info("waiting for %s to appear (a symlink to a published tree)", self.config.link)
             self.waiting_logged = True
-
-    def warn_if_not_a_symlink(self) -> None:
-        if os.path.lexists(self.config.link) and not os.path.islink(self.config.link):
-            logger.warning("%s is not a symlink; it will never flip", self.config.link)

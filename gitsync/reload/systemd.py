@@ -9,12 +9,15 @@ the environment as it is.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import socket
 import sys
 import tempfile
 from collections.abc import Mapping
+
+logger = logging.getLogger(__name__)
 
 PROG = "gitsync-reload"
 LISTEN_FD = 3  # SD_LISTEN_FDS_START: where socket activation puts the first socket
@@ -86,6 +89,9 @@ class NoActivation:
     shim: tuple[str, ...] = ()
     pass_fds: tuple[int, ...] = ()
 
+    def announce(self) -> None:
+        pass
+
     def base_environ(self, environ: Mapping[str, str]) -> dict[str, str]:
         return dict(environ)
 
@@ -107,6 +113,11 @@ class Activation(NoActivation):
         self.shim = exec_shim()
         self.notice_dir = tempfile.mkdtemp(prefix=f"{PROG}-")
         self.prepared = 0  # names each NOTIFY_SOCKET
+
+    def announce(self) -> None:
+        host, port = self.listener.getsockname()[:2]
+        logger.info("listening on %s:%s; each command gets the socket as fd %s",
+                    f"[{host}]" if ":" in host else host, port, LISTEN_FD)
 
     def base_environ(self, environ: Mapping[str, str]) -> dict[str, str]:
         # Each command gets its own socket-activation variables, never the parent's.

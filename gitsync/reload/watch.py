@@ -11,13 +11,17 @@ from __future__ import annotations
 
 import logging
 import os
+import select
+import socket
 import threading
+import time
 
 import watchfiles
 
 logger = logging.getLogger(__name__)
 
 TICK = 0.05  # longest touched() waits
+STARTING_TICK = 0.01  # how often the link is looked at while a new command starts beside the old one
 WATCH_STEP_MS = 10  # watchfiles batches events this long; a flip is seen in ~2 steps (~15 ms)
 WATCH_RETRY = 1.0  # after the watch could not be set up
 
@@ -36,12 +40,44 @@ def directory_id(path: str) -> tuple[int, int] | None:
     return (stat.st_dev, stat.st_ino) if os.path.isdir(path) else None
 
 
+def warn_if_not_a_symlink(link: str) -> None:
+    if os.path.lexists(link) and not os.path.islink(link):
+        logger.warning("%s is not a symlink; it will never flip", link)
+
+
+class Debounce:
+    """A burst of flips keeps pushing the last touch; it settles once quiet for `quiet` seconds."""
+
+    def __init__(self, quiet: float):
+        self.quiet = quiet
+        self.touched_at: float | None = None  # the latest link event not yet acted on
+
+    def touch(self) -> None:
+        self.touched_at = time.monotonic()
+
+    def settled(self) -> bool:
+        if self.touched_at is None or time.monotonic() - self.touched_at < self.quiet:
+            return False
+        self.touched_at = None
+        return True
+
+
 class LinkWatcher:
     def __init__(self, link: str, stop: threading.Event):
+        self.link = link
         self.directory, self.name = os.path.split(link)
         self.stop = stop  # set: every wait ends at once
         self.watcher = None
         self.watched: tuple[int, int] | None = None  # (device, inode) of the watched directory
+        self.seen: str | None = None  # the link's target, as touched_or_readable() last saw it
+
+    def touched_or_readable(self, sock: socket.socket) -> bool:
+        """While a new command starts: wake as soon as sock (its NOTIFY_SOCKET) has data, and
+        look at the link every STARTING_TICK (the watch keeps its events meanwhile)."""
+        select.select([sock], [], [], STARTING_TICK)
+        tree = resolve_tree(self.link)
+        moved, self.seen = tree != self.seen, tree
+        return moved
 
     def touched(self) -> bool:
         """Wait up to about TICK; True if something happened to the link's name."""
