@@ -27,7 +27,10 @@ from .watch import Debounce, LinkWatcher, resolve_tree, warn_if_not_a_symlink
 
 logger = logging.getLogger(__name__)
 
+
 class Supervisor:
+    """Keep CMD running in the link's current tree until SIGTERM, SIGINT or SIGHUP."""
+
     def __init__(self, config: ReloadConfig, activation: NoActivation):
         self.config = config
         self.activation = activation  # with --listen: the socket and each command's NOTIFY_SOCKET
