@@ -1,8 +1,9 @@
 """How a command is started: cold (a fresh process in its own group) or warm (--preload:
 in a spare interpreter that imported the modules beforehand, cold when there is none).
 
-Interface the loop uses: `start(tree)` -> Child, raising OSError or NotStarted; `tend()` every tick; `child_ready()` when a command sent READY=1;
-`processes()` (its own children, for reaping); `close()`; `fatal` once it gave up.
+Interface the loop uses: `start(tree)` -> Child, raising OSError or NotStarted;
+`tend()` every tick; `child_ready()` when a command sent READY=1; `processes()` (its
+own children, for reaping); `close()`; `fatal` once it gave up.
 """
 
 from __future__ import annotations
