@@ -1,7 +1,10 @@
 """What gitsync-reload knows about its commands, in one place.
 
 The loop and the rollover strategies change it; nothing else keeps a copy. A status
-report (the rollouts issue) is a snapshot of this record.
+report (the rollouts issue) is a snapshot of this record: `commit` and `pid` are the
+serving child's, `attempt` is the starting child (or the tree last tried, with
+`failure`), and `tree` says which commit a flip would have to differ from to start
+anything at all.
 """
 
 from __future__ import annotations
