@@ -9,9 +9,7 @@ removed, so a log line or a status answer says what failed without leaking a sec
 from __future__ import annotations
 
 import logging
-import os
 import re
-import signal
 import subprocess
 import threading
 import time
@@ -22,6 +20,7 @@ from typing import Mapping, Sequence
 import git as gitpython
 
 from .model import SyncError
+from .procs import kill_group
 
 log = logging.getLogger(__name__)
 
@@ -195,14 +194,6 @@ def _subcommand(args: Sequence[str]) -> str:
     while rest and rest[0].startswith("-"):
         rest = rest[2:] if rest[0] in ("--git-dir", "-C", "-c") else rest[1:]
     return rest[0] if rest else "git"
-
-
-def kill_group(proc: subprocess.Popen) -> None:
-    """SIGKILL a process started with start_new_session, and every helper in its group."""
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def _parse_head(out: str, url: str) -> RemoteHead:

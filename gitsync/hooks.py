@@ -22,7 +22,8 @@ from urllib3.util.retry import Retry
 
 from .auth import PASSWORD_VARIABLE, USERNAME_VARIABLE
 from .engine import SyncResult
-from .git import kill_group, redact_url
+from .git import redact_url
+from .procs import kill_group
 from .publish import write_atomically
 
 log = logging.getLogger(__name__)

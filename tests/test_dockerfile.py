@@ -245,7 +245,8 @@ def test_entrypoint_is_a_console_script(name, script):
 @pytest.mark.parametrize("script", ["gitsync", "gitsync-reload"])
 def test_console_scripts_point_at_a_main_function(script):
     module, _, func = console_scripts()[script].partition(":")
-    source = ROOT / (module.replace(".", "/") + ".py")
+    path = ROOT / module.replace(".", "/")
+    source = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")  # a package or a module
     assert source.is_file(), f"{script} -> {module}: {source.relative_to(ROOT)} is missing"
     assert re.search(rf"^def {func}\(", source.read_text(), re.M), f"{source.name} defines no {func}()"
 

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from gitsync.reload import PYTHON_SHIM_CODE, SH_SHIM, ConfigError, build_config
+from gitsync.reload.config import ConfigError, build_config
+from gitsync.reload.systemd import PYTHON_SHIM, SH_SHIM
 
 REPO = Path(__file__).resolve().parents[1]
 WATCHFILES = Path(sys.executable).with_name("watchfiles")
@@ -581,7 +582,7 @@ def event_of(reloader: Reloader, pid: int, event: str) -> dict:
 
 
 @pytest.mark.parametrize(
-    "shim", [SH_SHIM, (sys.executable, "-I", "-S", "-c", PYTHON_SHIM_CODE)], ids=["sh", "python"],
+    "shim", [SH_SHIM, PYTHON_SHIM], ids=["sh", "python"],
 )
 def test_exec_shim_sets_listen_pid_to_the_command_own_pid(shim):
     probe = "import os; print(os.environ['LISTEN_PID'] == str(os.getpid()), os.getppid())"

@@ -18,8 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from gitsync import preload
-from gitsync.reload import SPARE_RETRY, WARM_WAIT, ConfigError, build_config
+from gitsync.reload.config import ConfigError, build_config
+from gitsync.reload.launcher import SPARE_RETRY, WARM_WAIT
+from gitsync.reload.pycommand import PythonCommand
+from gitsync.reload.spare import CONTROL_ENV, FORBIDDEN_ENV, MODULES_ENV, STATUS_ENV
 from test_reload import (  # noqa: F401  (trees, start_reload, child_script, listen_app: fixtures)
     REPO,
     Reloader,
@@ -255,13 +257,13 @@ def test_config_splits_the_python_command_and_the_module_list():
     config = build_config(["--link", "a", "--preload", " flask , jinja2.ext", "--",
                            py, "-u", "-X", "dev", "-Wignore", "-OO", "app.py", "--port", "1"], {})
     assert config.preload == ("flask", "jinja2.ext")
-    assert config.python == preload.PythonCommand((py, "-u", "-X", "dev", "-Wignore", "-OO"), "app.py", None,
+    assert config.python == PythonCommand((py, "-u", "-X", "dev", "-Wignore", "-OO"), "app.py", None,
                                                   ("--port", "1"))
     assert config.python.argv == ["app.py", "--port", "1"]
     module = build_config(["--link", "a", "--", "python3.11", "-B", "-m", "pkg.app", "-m", "x"],
                           {"GITSYNC_RELOAD_PRELOAD": "waitress"})
     assert module.preload == ("waitress",)
-    assert module.python == preload.PythonCommand(("python3.11", "-B"), None, "pkg.app", ("-m", "x"))
+    assert module.python == PythonCommand(("python3.11", "-B"), None, "pkg.app", ("-m", "x"))
     # The flag wins over the environment, and no list means no spare, for any command.
     flag = build_config(["--link", "a", "--preload", "json", "--", py, "app.py"],
                         {"GITSYNC_RELOAD_PRELOAD": "x-y"})
@@ -334,7 +336,7 @@ def test_warm_start_runs_the_program_as_python_would_with_the_module_imported_be
     assert two["probe"]["time"] < flipped
     assert len(imports_by(reloader, two["pid"])) == 1
     assert f"in {tree} (GITSYNC_HASH={second}, warm)" in start_line(reloader, two["pid"])
-    internal = {preload.CONTROL_ENV, preload.STATUS_ENV, preload.MODULES_ENV, preload.FORBIDDEN_ENV}
+    internal = {CONTROL_ENV, STATUS_ENV, MODULES_ENV, FORBIDDEN_ENV}
     assert not internal & set(two["environ"])  # the spare's own settings are not the program's
 
     # What `python ...` itself gives the same program in the same tree.

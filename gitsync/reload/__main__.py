@@ -1,0 +1,7 @@
+"""python -m gitsync.reload"""
+
+import sys
+
+from . import main
+
+sys.exit(main())
