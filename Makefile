@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv test lint demo bench clean
+.PHONY: venv test lint docs demo bench clean
 
 venv: $(STAMP)
 
@@ -23,6 +23,9 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check gitsync webhook
 	$(BIN)/mypy
+
+docs: $(STAMP)
+	$(BIN)/python -m gitsync.reference
 
 demo: $(STAMP)
 	$(BIN)/python demo-app/run_demo.py

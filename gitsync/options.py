@@ -215,7 +215,7 @@ class Table:
         source = option.flag
         env_name = self.env(option)
         if raw is None and environ.get(env_name, "").strip() != "":
-            raw, source = environ[env_name], env_name
+            raw, source = environ[env_name], f"{option.flag} ({env_name})"
         if raw is None:
             if option.required:
                 raise ConfigError(f"{option.flag} is required (or set {env_name})")
@@ -247,16 +247,19 @@ class Table:
         return warnings
 
     def reference(self) -> str:
-        """The configuration reference as Markdown tables, one per group."""
+        """The configuration reference as Markdown tables, one per group (docs/configuration.md)."""
         lines: list[str] = []
-        for group in dict.fromkeys(option.group for option in self.options):
-            lines += [f"### {group}", "", "| flag | variable | default | meaning |", "|---|---|---|---|"]
+        groups = list(dict.fromkeys(option.group for option in self.options))
+        for group in groups:
+            if len(groups) > 1:
+                lines += [f"### {group}", ""]
+            lines += ["| flag | variable | default | meaning |", "|---|---|---|---|"]
             for option in self.options:
                 if option.group != group:
                     continue
                 flag = ", ".join(f"`{name}`" for name in (option.flag, *option.aliases))
                 default = option.describe_default()
-                lines.append(f"| {flag} | `{self.env(option)}` | {f'`{default}`' if default else ''} "
-                             f"| {option.help.replace('|', '/')} |")
+                default = "required" if option.required else f"`{default}`" if default else ""
+                lines.append(f"| {flag} | `{self.env(option)}` | {default} | {option.help.replace('|', '/')} |")
             lines.append("")
         return "\n".join(lines)
