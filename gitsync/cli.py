@@ -128,6 +128,8 @@ def run_until_stopped(engine: Engine, wake: threading.Event) -> int:
     log.info("stopping: signal received")
     engine.stop()
     worker.join(SHUTDOWN_GRACE)
+    if not engine.wait_for_git(SHUTDOWN_GRACE):
+        log.error("a git process did not end after SIGKILL; exiting anyway")
     return 0
 
 

@@ -83,6 +83,10 @@ class Engine:
         self._triggers.put(_STOP)
         self._base_runner.cancel()
 
+    def wait_for_git(self, timeout: float) -> bool:
+        """After stop(): True once every git the engine started has ended."""
+        return self._base_runner.wait_until_idle(timeout)
+
     def add_listener(self, listener: Callable[[SyncResult], None]) -> None:
         self._listeners.append(listener)
 

@@ -128,6 +128,9 @@ class GitRunner:
             if timeout <= 0:
                 raise GitError(step, f"sync timeout ({deadline.seconds:g}s) reached before this step",
                                timed_out=True)
+        if self._cancelled.is_set():
+            # Shutting down: no new git may start, or it could outlive gitsync with a lock held.
+            raise GitError(step, f"git {_subcommand(args)} not started: gitsync is shutting down")
         started = time.monotonic()
         status, out, err = self._execute(["git", *args], cwd, timeout)
         name = _subcommand(args)
@@ -149,6 +152,8 @@ class GitRunner:
         proc = handle.proc
         with self._running_lock:
             self._running.add(proc)
+            if self._cancelled.is_set():  # cancel() ran while this one was starting
+                kill_group(proc)
         try:
             out, err = proc.communicate(timeout=timeout)
             status: int | None = proc.returncode
@@ -169,12 +174,24 @@ class GitRunner:
         return env
 
     def cancel(self) -> None:
-        """Kill every git process still running (shutdown must not wait for a slow remote)."""
+        """Kill every git process still running, and start no more (shutdown must not wait
+        for a slow remote, and no git may outlive gitsync holding a lock)."""
         self._cancelled.set()
         with self._running_lock:
             running = list(self._running)
         for proc in running:
             kill_group(proc)
+
+    def wait_until_idle(self, timeout: float) -> bool:
+        """After cancel(): True once every git this runner started has been reaped."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._running_lock:
+                if not self._running:
+                    return True
+            time.sleep(0.01)
+        with self._running_lock:
+            return not self._running
 
     def _one_line(self, stderr: str) -> str:
         lines = [line.strip() for line in self.scrub(stderr).splitlines() if line.strip()]
