@@ -65,7 +65,7 @@ class Layout:
     def point_link_at(self, sha: str) -> None:
         """Swap the link to `sha` atomically: a new temporary link renamed over the old."""
         if self.link.exists() and not self.link.is_symlink():
-            raise SyncError("publish", f"{self.link} exists and is not a symlink; not replacing it")
+            self.move_aside()
         target = os.path.relpath(self.tree(sha), self.link.parent)
         temp = self.link.parent / f".{self.link.name}.tmp-{uuid.uuid4().hex[:8]}"
         try:
@@ -74,6 +74,20 @@ class Layout:
         except OSError as err:
             temp.unlink(missing_ok=True)
             raise SyncError("publish", f"cannot swap {self.link}: {err.strerror}") from err
+
+    def move_aside(self) -> Path:
+        """Something not ours (a directory or file) stands where the link goes: rename it
+        beside the link, never delete it (a user's data), and say where it went."""
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        kept = self.link.parent / f".{self.link.name}.kept-{stamp}-{uuid.uuid4().hex[:6]}"
+        try:
+            os.rename(self.link, kept)
+        except OSError as err:
+            raise SyncError("publish", f"{self.link} exists and is not a symlink, and cannot be moved "
+                                       f"aside: {err.strerror}") from err
+        log.warning("%s was not a symlink; moved it to %s (nothing in it was removed) and publishing",
+                    self.link, kept)
+        return kept
 
     def remove_temporary_links(self) -> None:
         if not self.link.parent.is_dir():
@@ -129,6 +143,20 @@ class Publisher:
     def make_room(self) -> None:
         self.layout.worktrees.mkdir(parents=True, exist_ok=True)
         self.layout.link.parent.mkdir(parents=True, exist_ok=True)
+
+    def move_aside(self) -> Path:
+        """Something not ours (a directory or file) stands where the link goes: rename it
+        beside the link, never delete it (a user's data), and say where it went."""
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        kept = self.link.parent / f".{self.link.name}.kept-{stamp}-{uuid.uuid4().hex[:6]}"
+        try:
+            os.rename(self.link, kept)
+        except OSError as err:
+            raise SyncError("publish", f"{self.link} exists and is not a symlink, and cannot be moved "
+                                       f"aside: {err.strerror}") from err
+        log.warning("%s was not a symlink; moved it to %s (nothing in it was removed) and publishing",
+                    self.link, kept)
+        return kept
 
     def remove_temporary_links(self) -> None:
         self.layout.remove_temporary_links()

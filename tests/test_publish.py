@@ -53,14 +53,22 @@ def test_publish_swaps_the_link_and_keeps_the_old_tree(volume, remote):
     assert [p.name for p in volume.link.parent.iterdir() if ".tmp-" in p.name] == []
 
 
-def test_a_directory_where_the_link_should_be_is_refused(volume, remote):
-    volume.link.mkdir()
-    (volume.link / "mine.txt").write_text("keep me")
-    with pytest.raises(SyncError) as caught:
-        volume.publish(remote.remote_head())
-    assert caught.value.step == "publish"
-    assert str(caught.value) == f"publish: {volume.link} exists and is not a symlink; not replacing it"
-    assert (volume.link / "mine.txt").read_text() == "keep me"
+@pytest.mark.parametrize("kind", ["directory", "file"])
+def test_something_where_the_link_should_be_is_moved_aside_and_kept(volume, remote, kind):
+    if kind == "directory":
+        volume.link.mkdir()
+        (volume.link / "mine.txt").write_text("keep me")
+    else:
+        volume.link.write_text("keep me")
+    sha = volume.publish(remote.remote_head())
+    assert os.readlink(volume.link) == f".worktrees/{sha}"
+    kept = [p for p in volume.link.parent.iterdir() if p.name.startswith(f".{volume.link.name}.kept-")]
+    assert len(kept) == 1
+    assert (kept[0] / "mine.txt" if kind == "directory" else kept[0]).read_text() == "keep me"
+    # Later publishes and housekeeping leave it alone.
+    volume.push_and_publish({"README.md": "v2\n"})
+    volume.publisher.remove_stale_trees()
+    assert kept[0].exists()
 
 
 def test_build_from_the_spare_writes_only_changed_files(volume, remote):
