@@ -345,13 +345,15 @@ def test_link_name_and_absolute_link(remote, tmp_path):
     assert (elsewhere / "README.md").read_text() == "hello\n"
 
 
-def test_link_that_is_a_real_directory_is_not_replaced(remote, tmp_path):
+def test_link_that_is_a_real_directory_is_moved_aside_and_kept(remote, tmp_path):
     root = tmp_path / "root"
     (root / "repo.git").mkdir(parents=True)
     (root / "repo.git" / "keep.txt").write_text("mine")
     _, result = sync(remote.url, root)
-    assert result.result == "error" and result.error.startswith("publish:")
-    assert (root / "repo.git" / "keep.txt").read_text() == "mine"
+    assert result.result == "published"
+    assert os.readlink(root / "repo.git") == f".worktrees/{result.commit}"
+    kept = list(root.glob(".repo.git.kept-*"))
+    assert len(kept) == 1 and (kept[0] / "keep.txt").read_text() == "mine"
 
 
 # -- the loop ------------------------------------------------------------------------
