@@ -216,6 +216,7 @@ class Publisher:
         if self.sparse_patterns is not None:
             self.repo.set_sparse_patterns(build, self.sparse_patterns)
         self.repo.reset_hard(build, deadline)
+        self.repo.verify_checkout(build, deadline)
         reused = self._reuse_submodule_repositories(build) if reuse else {}
         try:
             self._update_submodules(build, deadline, reused)
@@ -234,6 +235,7 @@ class Publisher:
         spare = self.layout.worktrees / SPARE
         self._spare_of = None
         self.repo.checkout(spare, sha, deadline)
+        self.repo.verify_checkout(spare, deadline)
         self._update_submodules(spare, deadline)
         self.repo.move_worktree(spare, self.layout.tree(sha), deadline)
 

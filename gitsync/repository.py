@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .files import hardlink_tree, write_atomically
+from .model import SyncError
 from .git import TARGET_REF, CommitInfo, Deadline, GitError, GitRunner, RemoteHead
 from .git import _parse_head, _pick_ref  # ls-remote's answer, read where the runner lives
 
@@ -267,6 +268,20 @@ class Repository:
             return self.in_worktree("verify", path, "rev-parse", "--verify", "--quiet", "HEAD").strip()
         except GitError:
             return None
+
+    def verify_checkout(self, path: Path, deadline: Deadline | None = None) -> None:
+        """Raise SyncError('checkout') naming a file git recorded but did not write.
+
+        git 2.39 can exit 0 from a checkout that could not create a file (a name longer
+        than the filesystem allows, inside a new directory): the index has the entry, the
+        tree has no file. ls-files --deleted finds exactly those (it skips sparse entries).
+        """
+        out = self.in_worktree("checkout", path, "ls-files", "-z", "--deleted", deadline=deadline)
+        missing = [name for name in out.split("\0") if name]
+        if missing:
+            more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+            raise SyncError("checkout", f"git did not write {missing[0]!r}{more} (a name too long for "
+                                        "the filesystem?); the tree is not published")
 
     def worktree_is_clean(self, path: Path) -> bool:
         try:

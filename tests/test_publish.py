@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -132,3 +133,33 @@ def test_discard_unfinished_keeps_only_complete_trees(volume, remote):
         (worktrees / name / "f").write_text("x")
     assert volume.publisher.discard_unfinished() == [volume.tree(sha)]
     assert [p.name for p in worktrees.iterdir()] == [sha]
+
+
+def push_a_file_no_filesystem_can_hold(remote) -> str:
+    """A commit adding sub/<256 bytes>: plumbing in the bare remote, since no checkout can make it."""
+    def run(*args: str, stdin: str = "") -> str:
+        return subprocess.run(["git", "--git-dir", str(remote.path), *args], input=stdin, text=True,
+                              capture_output=True, check=True).stdout.strip()
+    blob = run("hash-object", "-w", "--stdin", stdin="too long\n")
+    sub = run("mktree", stdin=f"100644 blob {blob}\t{'b' * 256}\n")
+    parent = run("rev-parse", "refs/heads/main")
+    entries = run("ls-tree", parent)
+    tree = run("mktree", stdin=f"{entries}\n040000 tree {sub}\tsub\n")
+    commit = run("commit-tree", tree, "-p", parent, "-m", "a name too long")
+    run("update-ref", "refs/heads/main", commit)
+    return commit
+
+
+@pytest.mark.parametrize("from_spare", [True, False], ids=["from-spare", "fresh"])
+def test_a_file_git_could_not_write_fails_the_publish_naming_it(volume, remote, from_spare):
+    first = volume.publish(remote.remote_head())
+    if from_spare:
+        volume.publisher.prepare_spare()
+        assert volume.publisher.spare_is_ready()
+    bad = push_a_file_no_filesystem_can_hold(remote)
+    with pytest.raises(SyncError) as caught:
+        volume.publish(bad)
+    assert caught.value.step == "checkout"
+    assert f"sub/{'b' * 256}" in str(caught.value)  # git says so itself in a full checkout
+    assert os.readlink(volume.link) == f".worktrees/{first}"
+    assert (volume.link / "README.md").read_text() == "hello\n"
