@@ -206,8 +206,24 @@ class Publisher:
         self._build_fresh(sha, self.layout.tree(sha), deadline)
 
     def _build_fresh(self, sha: str, dest: Path, deadline: Deadline, reuse: bool = True) -> None:
-        """A full checkout into a private name, moved into place once complete."""
+        """A full checkout into a private name, moved into place once complete; a build that
+        fails is discarded at once (on a full volume, it holds the space the next one needs)."""
         build = self.layout.worktrees / f"{BUILD_PREFIX}{sha}"
+        try:
+            self._check_out_fresh(sha, build, dest, deadline, reuse)
+        except BaseException:
+            if build.exists():
+                self._discard(build)
+                self._prune_quietly()
+            raise
+
+    def _prune_quietly(self) -> None:
+        try:
+            self.repo.prune_worktrees()
+        except SyncError as err:
+            log.warning("could not prune the record of a failed build: %s", err)
+
+    def _check_out_fresh(self, sha: str, build: Path, dest: Path, deadline: Deadline, reuse: bool) -> None:
         if build.exists():
             self._discard(build)
         # A tree removed by hand is still registered; git refuses its name until pruned.

@@ -48,6 +48,12 @@ def clear_stale_git_locks(r: Recovery) -> None:
     r.repo.clear_stale_locks()
 
 
+def remove_temporary_objects(r: Recovery) -> None:
+    """Objects and packs a killed or failed fetch was writing; on a full volume they hold
+    the space the next fetch needs."""
+    r.repo.remove_temporary_objects()
+
+
 def reinit_damaged_repository(r: Recovery) -> None:
     """A repository git cannot read is fetched again; the trees' files stay as they are."""
     if not r.repo.exists():
@@ -120,15 +126,18 @@ def prepare_spare(r: Recovery) -> None:
 
 Step = Callable[[Recovery], None]
 
+# Whatever frees space comes before anything writes (a full volume must not stop the
+# start-up that would clean it): locks, temporary objects, temporary links, unfinished trees.
 STEPS: tuple[Step, ...] = (
     root_is_a_directory,
     clear_stale_git_locks,
-    reinit_damaged_repository,
-    apply_sparse_setting,
-    check_depth,
+    remove_temporary_objects,
     make_room_for_trees,
     remove_temporary_links,
     discard_unfinished_trees,
+    reinit_damaged_repository,
+    apply_sparse_setting,
+    check_depth,
     repair_moved_worktrees,
     unlock_missing_worktrees,
     prune_worktrees,

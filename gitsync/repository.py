@@ -26,6 +26,10 @@ STATE_PREFIX = "gitsync-"   # .git/gitsync-<key>: gitsync's own state, e.g. the 
 _WORKTREE_SETTING = re.compile(r"^\s*worktree\s*=", re.MULTILINE)
 
 
+# What git writes under objects/ before it renames a finished object or pack into place.
+TEMPORARY_OBJECTS = ("tmp_obj_*", "tmp_pack_*", "tmp_idx_*", "tmp_rev_*", "tmp_mtimes_*", "tmp_bitmap_*")
+
+
 class Repository:
     """The bare repository at <root>/.git and the worktrees made from it."""
 
@@ -70,6 +74,25 @@ class Repository:
                 log.warning("removing %s, left by a git that was killed", lock)
                 lock.unlink(missing_ok=True)
                 removed.append(lock)
+        return removed
+
+    def remove_temporary_objects(self) -> int:
+        """Delete the objects and packs a failed or killed git was still writing (no git of
+        ours may be running); return how many were removed."""
+        objects = self.git_dir / "objects"
+        if not objects.is_dir():
+            return 0
+        removed = 0
+        for pattern in TEMPORARY_OBJECTS:
+            for path in objects.rglob(pattern):
+                if path.is_file() and not path.is_symlink():
+                    path.unlink(missing_ok=True)
+                    removed += 1
+        for quarantine in objects.glob("incoming-*"):  # receive/fetch quarantine directories
+            shutil.rmtree(quarantine, ignore_errors=True)
+            removed += 1
+        if removed:
+            log.warning("removed %d temporary object file(s) a failed git left in %s", removed, objects)
         return removed
 
     def set_config(self, key: str, value: str) -> None:
@@ -131,7 +154,13 @@ class Repository:
             args.append(f"--depth={depth}")
         elif self.is_shallow():
             args.append("--unshallow")
-        self._git("fetch", *args, "--", url, f"+{source}:{TARGET_REF}", deadline=deadline)
+        try:
+            self._git("fetch", *args, "--", url, f"+{source}:{TARGET_REF}", deadline=deadline)
+        except GitError:
+            # A fetch that failed half-way (a full disk, a timeout) leaves its temporary
+            # objects behind; on a full volume they are what keeps the next fetch from fitting.
+            self.remove_temporary_objects()
+            raise
         return self.resolve_commit(TARGET_REF)
 
     def has_commit(self, sha: str) -> bool:

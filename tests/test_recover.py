@@ -144,3 +144,14 @@ def test_steps_run_in_order_and_a_step_is_added_by_listing_it(synced, remote):
     found = recover.recover(engine.config, engine.repo, engine.publisher,
                             steps=(*recover.STEPS, lambda r: seen.append(r.published)))
     assert seen == [found.published] and found.published is not None
+
+
+def test_temporary_objects_a_killed_fetch_left_are_removed(synced, remote):
+    objects = synced / ".git" / "objects"
+    leftovers = [objects / "ab" / "tmp_obj_X1", objects / "pack" / "tmp_pack_X2", objects / "incoming-X3" / "f"]
+    for path in leftovers:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"half an object")
+    restart(synced, remote.url)
+    assert [p for p in leftovers if p.exists()] == []
+    assert not (objects / "incoming-X3").exists()
