@@ -15,8 +15,9 @@ import time
 
 import requests
 
-from apiutil import FORGE_BY_NAME, SECRET, served_port
-from gitutil import published_sha, wait_for
+from support.api import FORGE_BY_NAME, SECRET, served_port
+from support.repos import published_sha
+from support.waiting import wait_for
 
 FLOOD_SIZE = 2000
 FLIP_WITHIN = 1.0

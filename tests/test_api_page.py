@@ -16,8 +16,9 @@ import time
 import pytest
 import requests
 
-from apiutil import FORGE_BY_NAME, api_factory, free_port, serve  # noqa: F401
-from gitutil import wait_for
+from support.api import FORGE_BY_NAME
+from support.ports import free_port
+from support.waiting import wait_for
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")

@@ -13,9 +13,9 @@ from urllib.parse import urlencode
 
 import pytest
 
-from apiutil import (FORGE_BY_NAME, FORGES, SECRET, Api, api_factory, forge_params,  # noqa: F401
-                     new_delivery_id, settled)
-from gitutil import ZERO_SHA, git, wait_for
+from support.api import FORGES, FORGE_BY_NAME, SECRET, Api, forge_params, new_delivery_id, settled
+from support.repos import ZERO_SHA, git
+from support.waiting import wait_for
 
 GITHUB = FORGE_BY_NAME["github"]
 

@@ -18,9 +18,10 @@ from urllib.parse import quote
 import pytest
 import requests
 
-from apiutil import API_TOKEN, FORGE_BY_NAME, SECRET, served_port
-from gitservers import SmartHttpServer
-from gitutil import ZERO_SHA, wait_for
+from support.api import API_TOKEN, FORGE_BY_NAME, SECRET, served_port
+from support.repos import ZERO_SHA
+from support.servers import SmartHttpServer
+from support.waiting import wait_for
 
 USER = "git-user"
 PASSWORD = "http-password-f00d"            # the right one, from --password-file

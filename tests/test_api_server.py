@@ -15,10 +15,10 @@ import time
 import pytest
 import requests
 
-from apiutil import (API_TOKEN, FORGE_BY_NAME, SECRET, api_factory, serve,  # noqa: F401
-                     served_port)
-from gitservers import SmartHttpServer
-from gitutil import published_sha, wait_for
+from support.api import API_TOKEN, FORGE_BY_NAME, SECRET, served_port
+from support.repos import published_sha
+from support.servers import SmartHttpServer
+from support.waiting import wait_for
 from webhook.server import ApiServer
 
 GITHUB = FORGE_BY_NAME["github"]

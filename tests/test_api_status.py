@@ -12,10 +12,10 @@ import re
 
 import pytest
 
-from apiutil import API_TOKEN, FORGE_BY_NAME, Api, api_factory, settled  # noqa: F401
+from support.api import API_TOKEN, FORGE_BY_NAME, Api, settled
+from support.waiting import wait_for
 from gitsync.cli import JsonFormatter
 from gitsync.config import parse_args
-from gitutil import wait_for
 from webhook import create_app
 
 RFC3339_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")

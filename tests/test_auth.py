@@ -19,10 +19,11 @@ from urllib.parse import quote
 import pytest
 import requests
 
-from gitservers import SmartHttpServer, SshServer
+from support.repos import Remote, argv_recorder, git, published_sha
+from support.servers import SmartHttpServer, SshServer
+from support.waiting import wait_for
 from gitsync.cli import build_engine
 from gitsync.config import parse_args
-from gitutil import Remote, argv_recorder, git, published_sha, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 

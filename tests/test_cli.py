@@ -9,7 +9,8 @@ import sys
 import time
 from pathlib import Path
 
-from gitutil import git, published_sha, wait_for
+from support.repos import git, published_sha
+from support.waiting import wait_for
 
 GITSYNC = str(Path(sys.executable).parent / "gitsync")
 

@@ -25,7 +25,8 @@ from pathlib import Path
 
 import pytest
 
-from gitutil import git, wait_for
+from support.repos import git
+from support.waiting import wait_for
 from webhook.forges import parse_delivery
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from gitutil import Remote, git, published_sha, wait_for
+from support.repos import Remote, git, published_sha
+from support.waiting import wait_for
 from gitsync.cli import build_engine
 from gitsync.config import parse_args
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from gitservers import SmartHttpServer, SshServer, descendant_pids, git_ssh_command
+from support.servers import SmartHttpServer, SshServer, descendant_pids, git_ssh_command
 
 pytestmark = pytest.mark.timeout(60)
 

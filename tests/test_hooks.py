@@ -18,7 +18,7 @@ import pytest
 
 from gitsync.cli import attach_hooks, build_engine
 from gitsync.config import parse_args
-from gitutil import wait_for
+from support.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -1,17 +1,9 @@
-"""Real git servers on 127.0.0.1 for gitsync's tests.
+"""``SmartHttpServer``: git's smart HTTP protocol on 127.0.0.1, served by the real
+``git http-backend`` run as a CGI program for every request, with optional HTTP Basic
+auth, an artificial delay and a log of the requests it received.
 
-gitsync's tests talk to real git servers instead of mocks, so that what they
-prove holds for what git really sends over the wire. This module provides:
-
-* ``SmartHttpServer`` - git's smart HTTP protocol, served by running the real
-  ``git http-backend`` as a CGI program for every request, with optional HTTP
-  Basic auth, an artificial delay and a log of the requests it received.
-* ``SshServer`` - a real OpenSSH ``sshd`` that accepts one generated client key.
-* ``git_ssh_command`` - the ``GIT_SSH_COMMAND`` to reach ``SshServer``.
-
-Both servers are context managers: ``__enter__`` starts them and returns once
-they accept connections; ``__exit__`` always stops them, kills every process
-they started and releases their port, so fixtures can wrap them safely.
+A context manager: ``__enter__`` starts it and returns once it accepts connections;
+``__exit__`` always stops it, kills every backend it started and releases its port.
 """
 
 from __future__ import annotations
@@ -20,13 +12,8 @@ import base64
 import gzip
 import hmac
 import os
-import pwd
-import shlex
-import shutil
-import signal
 import socket
 import subprocess
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -34,119 +21,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-__all__ = [
-    "RecordedRequest",
-    "SmartHttpServer",
-    "SshServer",
-    "descendant_pids",
-    "git_ssh_command",
-]
-
-_LOCALHOST = "127.0.0.1"
-
-
-# --------------------------------------------------------------------------
-# Process helpers (/proc based: psutil is not available)
-# --------------------------------------------------------------------------
-
-
-def _stat(pid: int) -> tuple[str, int, int] | None:
-    """(state, parent pid, process group) of ``pid``, None if it is gone."""
-    try:
-        stat = Path("/proc", str(pid), "stat").read_text()
-    except OSError:
-        return None
-    # The command name is in parentheses and may contain spaces or ')'.
-    state, ppid, pgrp = stat[stat.rindex(")") + 2 :].split()[:3]
-    return state, int(ppid), int(pgrp)
-
-
-def _all_stats() -> dict[int, tuple[str, int, int]]:
-    stats = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and (stat := _stat(int(entry))) is not None:
-            stats[int(entry)] = stat
-    return stats
-
-
-def _parent_map() -> dict[int, int]:
-    """Map every live pid to its parent pid."""
-    return {pid: ppid for pid, (_, ppid, _) in _all_stats().items()}
-
-
-def _running(pid: int) -> bool:
-    """True while ``pid`` exists and is not a zombie.
-
-    Killed processes that were orphaned may stay zombies for good when
-    pid 1 does not reap them (as in some containers); they run no code.
-    """
-    stat = _stat(pid)
-    return stat is not None and stat[0] != "Z"
-
-
-def _wait_dead(pids: set[int], timeout: float = 10.0) -> None:
-    """Wait until SIGKILLed ``pids`` have really exited: delivery is asynchronous."""
-    deadline = time.monotonic() + timeout
-    while any(_running(pid) for pid in pids):
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"processes survived SIGKILL: {sorted(filter(_running, pids))}")
-        time.sleep(0.01)
-
-
-def descendant_pids(pid: int) -> set[int]:
-    """All processes below ``pid`` in the process tree (not ``pid`` itself)."""
-    parents = _parent_map()
-    found: set[int] = set()
-    frontier = {pid}
-    while frontier:
-        children = {child for child, parent in parents.items() if parent in frontier}
-        frontier = children - found
-        found |= frontier
-    return found
-
-
-def _signal(pid: int, signum: int) -> None:
-    try:
-        os.kill(pid, signum)
-    except ProcessLookupError:
-        pass
-
-
-def _kill_tree(proc: subprocess.Popen) -> None:
-    """SIGKILL ``proc`` and everything below it, then reap ``proc``.
-
-    sshd's per-connection children call setsid(), so killing the process
-    group is not enough. The tree is frozen with SIGSTOP from the top down
-    first: a stopped process can neither fork nor exit, so its children stay
-    linked to it while we look for them, and none can escape to init.
-    """
-    if proc.poll() is None:
-        _signal(proc.pid, signal.SIGSTOP)
-        frozen = {proc.pid}
-        while True:
-            new = descendant_pids(proc.pid) - frozen
-            if not new:
-                break
-            for pid in new:
-                _signal(pid, signal.SIGSTOP)
-            frozen |= new
-        for pid in frozen:
-            _signal(pid, signal.SIGKILL)
-        proc.wait()
-        _wait_dead(frozen)
-    proc.wait()
-
-
-def _free_port() -> int:
-    """A port that was free a moment ago, for programs that cannot bind port 0."""
-    with socket.socket() as sock:
-        sock.bind((_LOCALHOST, 0))
-        return sock.getsockname()[1]
-
-
-# --------------------------------------------------------------------------
-# Smart HTTP
-# --------------------------------------------------------------------------
+from support.ports import LOCALHOST as _LOCALHOST
+from support.processes import start_group, stop_group
 
 
 @dataclass
@@ -560,13 +436,8 @@ class SmartHttpServer:
         with self._lock:
             if self._stopping.is_set():
                 return None
-            proc = subprocess.Popen(
-                [self._backend],
-                stdin=stdin,
-                stdout=subprocess.PIPE,
-                env=env,
-                cwd=self.project_root,
-                start_new_session=True,
+            proc = start_group(
+                [self._backend], stdin=stdin, stdout=subprocess.PIPE, env=env, cwd=self.project_root
             )
             self._children.add(proc)
             return proc
@@ -580,20 +451,8 @@ class SmartHttpServer:
 
     @staticmethod
     def _kill_backend(proc: subprocess.Popen) -> None:
-        """Kill the CGI's whole process group unless it has already been reaped.
-
-        Once reaped, its pid (= process group id) may belong to someone else.
-        """
-        if proc.returncode is None:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            proc.wait()
-            group = {pid for pid, (_, _, pgrp) in _all_stats().items() if pgrp == proc.pid}
-            _wait_dead(group)
-        proc.wait()
-
+        """Kill the CGI's whole process group (upload-pack, pack-objects) unless reaped."""
+        stop_group(proc)
 
 def _hang_up(conn: socket.socket) -> None:
     try:
@@ -608,215 +467,3 @@ def _git_exec_path() -> str:
     ).stdout.strip()
 
 
-# --------------------------------------------------------------------------
-# SSH
-# --------------------------------------------------------------------------
-
-
-def git_ssh_command(key_path: Path, known_hosts_path: Path) -> str:
-    """GIT_SSH_COMMAND that uses only ``key_path`` and trusts only ``known_hosts_path``.
-
-    ``-F /dev/null`` keeps the machine's ssh_config out of the tests;
-    BatchMode makes ssh fail instead of prompting.
-    """
-    return shlex.join(
-        [
-            "ssh",
-            "-F", os.devnull,
-            "-i", str(key_path),
-            "-o", "IdentitiesOnly=yes",
-            "-o", f"UserKnownHostsFile={known_hosts_path}",
-            "-o", "StrictHostKeyChecking=yes",
-            "-o", "BatchMode=yes",
-        ]
-    )  # fmt: skip
-
-
-def _keygen(path: Path, comment: str) -> str:
-    """Generate a fresh ed25519 key pair at ``path``; return the public key line."""
-    for stale in (path, Path(f"{path}.pub")):  # a reused directory: start over
-        stale.unlink(missing_ok=True)
-    subprocess.run(
-        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)],
-        check=True,
-        stdin=subprocess.DEVNULL,
-    )
-    return Path(f"{path}.pub").read_text().strip()
-
-
-def _find_sshd() -> str:
-    # sshd re-executes itself for every connection, so it needs an absolute path.
-    found = shutil.which("sshd", path=f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin")
-    if found is None:
-        raise RuntimeError("sshd not found: install openssh-server")
-    return os.path.abspath(found)
-
-
-class SshServer:
-    """A real OpenSSH sshd on 127.0.0.1 that lets the current user in by key only.
-
-    Everything (host key, client key pair, authorized_keys, config, log) lives
-    in ``tmp_dir``. Clients use ``client_key`` and a known_hosts file holding
-    ``known_hosts_line()``; ``wrong_known_hosts_line()`` names the same host
-    with another key, to prove that a changed host key is refused.
-
-    After a stop it can be entered again with the same keys and port, so URLs
-    and known_hosts files stay valid while the remote is down and back.
-    """
-
-    _START_ATTEMPTS = 3  # the port is picked before sshd binds it: may race
-    _START_TIMEOUT = 10.0
-
-    def __init__(self, tmp_dir: Path):
-        self.dir = Path(tmp_dir)
-        self.user = pwd.getpwuid(os.getuid()).pw_name
-        self.host_key = self.dir / "ssh_host_ed25519_key"
-        self.client_key = self.dir / "client_ed25519"
-        self.client_pub = self.dir / "client_ed25519.pub"
-        self.authorized_keys = self.dir / "authorized_keys"
-        self.config_path = self.dir / "sshd_config"
-        self.log_path = self.dir / "sshd.log"
-        self._proc: subprocess.Popen | None = None
-        self._port: int | None = None
-        self._host_pub = ""
-        self._wrong_host_pub = ""
-
-    # -- lifecycle ---------------------------------------------------------
-
-    def __enter__(self) -> SshServer:
-        if self._proc is not None:
-            raise RuntimeError("server already started")
-        if not self._host_pub:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            self._host_pub = _keygen(self.host_key, "gitsync-test-host")
-            self._wrong_host_pub = _keygen(self.dir / "wrong_host_ed25519_key", "wrong-host")
-            client_pub = _keygen(self.client_key, "gitsync-test-client")
-            self.authorized_keys.write_text(client_pub + "\n")
-        if os.geteuid() == 0:
-            # Privilege separation chroots into this directory; the package
-            # creates it at boot only, so it is missing in containers.
-            os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
-        if self._port is not None:  # a restart keeps its port
-            ports = iter([self._port])
-        else:
-            ports = (_free_port() for _ in range(self._START_ATTEMPTS))
-        try:
-            if not any(self._try_start(port) for port in ports):
-                raise RuntimeError(f"sshd could not bind a port:\n{self.log_text()}")
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.stop()
-
-    def stop(self) -> None:
-        """Kill sshd and every per-connection child. Idempotent."""
-        proc, self._proc = self._proc, None
-        if proc is not None:
-            _kill_tree(proc)
-
-    def _try_start(self, port: int) -> bool:
-        """Start sshd on ``port``; False if that port was taken meanwhile."""
-        self._write_config(port)
-        with open(self.log_path, "ab") as log:
-            log_start = log.tell()  # this attempt's messages start here
-            proc = subprocess.Popen(
-                [_find_sshd(), "-D", "-e", "-f", str(self.config_path), "-E", str(self.log_path)],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-            )
-        deadline = time.monotonic() + self._START_TIMEOUT
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                if b"Address already in use" in self.log_path.read_bytes()[log_start:]:
-                    return False
-                raise RuntimeError(f"sshd exited with {proc.returncode}:\n{self.log_text()}")
-            if self._banner_ok(port):
-                self._proc, self._port = proc, port
-                return True
-            time.sleep(0.02)
-        _kill_tree(proc)
-        raise RuntimeError(f"sshd did not accept connections:\n{self.log_text()}")
-
-    @staticmethod
-    def _banner_ok(port: int) -> bool:
-        """True once sshd answers with an SSH banner (so it really is sshd)."""
-        try:
-            with socket.create_connection((_LOCALHOST, port), timeout=1) as sock:
-                return sock.recv(64).startswith(b"SSH-2.0-")
-        except OSError:
-            return False
-
-    def _write_config(self, port: int) -> None:
-        self.config_path.write_text(
-            "\n".join(
-                [
-                    f"ListenAddress {_LOCALHOST}:{port}",
-                    f"HostKey {self.host_key}",
-                    f"AuthorizedKeysFile {self.authorized_keys}",
-                    f"AllowUsers {self.user}",
-                    "AuthenticationMethods publickey",
-                    "PubkeyAuthentication yes",
-                    "PasswordAuthentication no",
-                    "KbdInteractiveAuthentication no",
-                    "HostbasedAuthentication no",
-                    "PermitRootLogin prohibit-password",
-                    # Test files live in world-readable temp dirs.
-                    "StrictModes no",
-                    "UsePAM no",
-                    "PidFile none",
-                    # git sends GIT_PROTOCOL to ask for protocol v2 over ssh.
-                    "AcceptEnv GIT_PROTOCOL",
-                    # bash sources ~/.bashrc for commands run by sshd, but only
-                    # in a top-level shell (SHLVL < 2). The user's rc files are
-                    # slow, machine-specific, and killing a session inside one
-                    # can leave stale lock files behind (pyenv's rehash does).
-                    "SetEnv SHLVL=1",
-                    "PermitUserRC no",
-                    "LogLevel VERBOSE",
-                    "",
-                ]
-            )
-        )
-
-    # -- addresses and keys ------------------------------------------------
-
-    @property
-    def port(self) -> int:
-        """The port sshd listens on (still readable after stop, for checks)."""
-        if self._port is None:
-            raise RuntimeError("server not started")
-        return self._port
-
-    @property
-    def pid(self) -> int:
-        """The listening sshd's pid; per-connection processes are below it."""
-        if self._proc is None:
-            raise RuntimeError("server not started")
-        return self._proc.pid
-
-    def url_for(self, path_to_bare_repo: Path) -> str:
-        """ssh:// URL of a repository given by its local path."""
-        path = Path(path_to_bare_repo).resolve()
-        return f"ssh://{self.user}@{_LOCALHOST}:{self.port}{path}"
-
-    def known_hosts_line(self) -> str:
-        return self._known_hosts(self._host_pub)
-
-    def wrong_known_hosts_line(self) -> str:
-        """This server's address with a key it does not have."""
-        return self._known_hosts(self._wrong_host_pub)
-
-    def _known_hosts(self, public_key_line: str) -> str:
-        key_type, key = public_key_line.split()[:2]
-        return f"[{_LOCALHOST}]:{self.port} {key_type} {key}"
-
-    def log_text(self) -> str:
-        """sshd's log (all starts): who connected, which key was accepted."""
-        try:
-            return self.log_path.read_bytes().decode(errors="replace")
-        except OSError:
-            return ""

@@ -14,7 +14,6 @@ import hmac
 import itertools
 import json
 import re
-import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +22,7 @@ from typing import Callable
 import pytest
 
 from gitsync.config import parse_args
-from gitutil import ZERO_SHA, published_sha
+from support.repos import ZERO_SHA, published_sha
 from webhook import create_app
 from webhook.server import ApiServer
 
@@ -268,8 +267,3 @@ def served_port(output: Callable[[], str]) -> int | None:
     match = SERVING.search(output())
     return int(match.group(2)) if match else None
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
