@@ -20,18 +20,16 @@ import pytest
 
 from gitsync import preload
 from gitsync.reload import SPARE_RETRY, WARM_WAIT, ConfigError, build_config
+from support.ports import free_port
+from support.processes import alive, gone, kill_group
 from test_reload import (  # noqa: F401  (trees, start_reload, child_script, listen_app: fixtures)
     REPO,
     Reloader,
     Trees,
-    alive,
     child_script,
     event_of,
     fetch,
-    free_port,
     get_json,
-    gone,
-    kill_group,
     listen_app,
     refused_line,
     start_listening,

@@ -88,26 +88,26 @@ class FakeEngine:
     # -- playing a sync ------------------------------------------------------------
 
     def finish(self, result: str = "published", *, commit: str | None = None,
-               error: str | None = None, trigger: str = "poll", duration_ms: int = 120,
-               at: datetime | None = None) -> SyncResult:
-        """One sync cycle ends: the state moves on as the engine's would; listeners hear it."""
+               subject: str = "a commit", error: str | None = None, trigger: str = "poll",
+               duration_ms: int = 120, at: datetime | None = None) -> SyncResult:
+        """One sync cycle ends, recorded as the engine records it; the listeners hear it."""
         at = at or utc()
         if result == "published":
             self.commit = commit or self.commit
-            self.commit_info = CommitInfo(self.commit, f"commit {self.commit[:7]}", "Test Author",
-                                          at.isoformat())
-            self.last_success_at, self.last_error, self.consecutive_failures = at, None, 0
-        elif result == "error":
+            self.commit_info = CommitInfo(self.commit, subject, "Test Author", at.isoformat())
+        if result == "error":
             self.last_error, self.consecutive_failures = error, self.consecutive_failures + 1
+            self.state = "failing"
         else:
-            self.last_success_at, self.last_error, self.consecutive_failures = at, None, 0
+            self.last_error, self.consecutive_failures = None, 0
+            self.last_success_at, self.state = at, "idle"
         entry = SyncResult(trigger, at, duration_ms, result, self.commit, error)
-        self.last_sync_at, self.sync_count, self.state = at, self.sync_count + 1, "idle"
-        self.history.insert(0, entry)
+        self.last_sync_at, self.sync_count = at, self.sync_count + 1
+        if result != "unchanged":   # as the engine: polls that changed nothing are not history
+            self.history.insert(0, entry)
         for listener in self.listeners:
             listener(entry)
         return entry
-
 
 @dataclass
 class FakeApi:

