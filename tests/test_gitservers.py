@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from support.processes import alive, descendant_pids
+from support.processes import alive, cmdlines, descendant_pids, pids_mentioning
 from support.servers import SmartHttpServer, SshServer, git_ssh_command
 from support.waiting import stays, wait_for
 
@@ -109,30 +109,8 @@ def pids_with_env(name: str, value: str) -> set[int]:
     return found
 
 
-def cmdlines() -> dict[int, list[str]]:
-    """argv of every running process."""
-    found = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                raw = Path(f"/proc/{entry}/cmdline").read_bytes()
-            except OSError:
-                continue
-            if raw and alive(int(entry)):
-                found[int(entry)] = raw.rstrip(b"\0").decode(errors="replace").split("\0")
-    return found
-
-
 def pids_running(argv: list[str]) -> set[int]:
     return {pid for pid, args in cmdlines().items() if args == argv}
-
-
-def pids_mentioning(text: str) -> set[int]:
-    """Processes with ``text`` anywhere in their command line.
-
-    Substring matching because sshd rewrites its argv into one string.
-    """
-    return {pid for pid, args in cmdlines().items() if text in " ".join(args)}
 
 
 def pkt(line: str) -> bytes:

@@ -53,6 +53,28 @@ def alive(pid: int) -> bool:
     return stat is not None and stat[0] != "Z"
 
 
+def cmdlines() -> dict[int, list[str]]:
+    """argv of every running process."""
+    found = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                raw = Path(f"/proc/{entry}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if raw and alive(int(entry)):
+                found[int(entry)] = raw.rstrip(b"\0").decode(errors="replace").split("\0")
+    return found
+
+
+def pids_mentioning(text: str) -> set[int]:
+    """Running processes with `text` anywhere in their command line (as `pgrep -f`).
+
+    Substring matching because sshd rewrites its argv into one string.
+    """
+    return {pid for pid, args in cmdlines().items() if text in " ".join(args)}
+
+
 def gone(pid: int) -> bool:
     """Not even a zombie: ended and reaped."""
     return not Path(f"/proc/{pid}").exists()
