@@ -94,7 +94,7 @@ def test_healthz_is_200_while_syncs_make_progress(api):
 
 def test_healthz_is_503_when_the_loop_is_stuck(api_factory, remote):
     api = api_factory(remote.url, "--period", "200ms", "--sync-timeout", "200ms", run=False)
-    wait_for(lambda: api.client.get("/healthz").status_code == 503, timeout=5,
+    wait_for(lambda: api.client.get("/healthz").status_code == 503, timeout=30,
              message="a loop that never ran to count as stuck")
     assert api.client.get("/healthz").get_json()["status"] == "unhealthy"
 

@@ -451,7 +451,7 @@ def test_sigkill_at_random_moments_while_commits_arrive(versioned, tmp_path, sid
             processes.append(process)
             started = time.monotonic()
             wait_for(lambda: " git " in process.output or process.proc.poll() is not None,
-                     timeout=20, interval=0.005, message="gitsync's first git command")
+                     timeout=30, interval=0.005, message="gitsync's first git command")
             startup += time.monotonic() - started
             time.sleep(rng.uniform(0.05, 1.0))
             if process.proc.poll() is not None:
@@ -464,7 +464,7 @@ def test_sigkill_at_random_moments_while_commits_arrive(versioned, tmp_path, sid
         final = sidecar(*args)
         processes.append(final)
         try:
-            wait_for(lambda: published_sha(link) == newest, timeout=15,
+            wait_for(lambda: published_sha(link) == newest, timeout=30,
                      message=f"the newest commit {newest[:10]} published after the last kill")
         except AssertionError as err:
             raise AssertionError(f"{err}\nfinal gitsync output:\n{tail(final.output)}\n"
@@ -493,12 +493,12 @@ def test_sigkill_at_random_moments_while_commits_arrive(versioned, tmp_path, sid
         assert check_tree(link, history.version_of(newest)) == []
         assert git("rev-parse", "HEAD", cwd=link) == newest
         assert git("status", "--porcelain", "--untracked-files=no", cwd=link) == ""
-        wait_for(lambda: leftovers(root) == [], timeout=5,
+        wait_for(lambda: leftovers(root) == [], timeout=30,
                  message=f"leftovers of the killed runs cleaned up (still: {leftovers(root)})")
         # Trees the kills left behind go once the stale timeout passes: published + previous stay.
         wait_for(lambda: len([p for p in (root / ".worktrees").iterdir()
                               if SHA_DIR.match(p.name)]) <= 2,
-                 timeout=10, message="old trees removed after --stale-worktree-timeout")
+                 timeout=30, message="old trees removed after --stale-worktree-timeout")
         assert final.proc.poll() is None, f"gitsync exited:\n{tail(final.output)}"
         kill(final)
 
@@ -654,12 +654,12 @@ def test_corrupt_repository_is_cloned_again_while_the_link_stays_readable(versio
     reader.start()
     try:
         second = sidecar(*args)
-        wait_for(lambda: _synced_after_repair(second), timeout=15,
+        wait_for(lambda: _synced_after_repair(second), timeout=30,
                  message="the damage noticed and a sync after the repair")
         time.sleep(0.3)
         assert published_sha(link) == published
         newest = commit_version(remote, model, history)
-        wait_for(lambda: published_sha(link) == newest, timeout=10,
+        wait_for(lambda: published_sha(link) == newest, timeout=30,
                  message="the next commit published after the repair")
         time.sleep(0.2)
         reader.stop()
@@ -685,7 +685,7 @@ def test_corrupt_repository_recovery_keeps_the_tree_a_reader_sits_in(versioned, 
     tree_fd = os.open(root / LINK, os.O_RDONLY | os.O_DIRECTORY)   # what a process's cwd holds
     try:
         second = sidecar(*args)
-        wait_for(lambda: _synced_after_repair(second), timeout=15,
+        wait_for(lambda: _synced_after_repair(second), timeout=30,
                  message="the damage noticed and a sync after the repair")
         assert published_sha(root / LINK) == published
         inside = check_tree(Path(f"/proc/self/fd/{tree_fd}"), history.version_of(published))
@@ -710,7 +710,7 @@ def test_force_pushed_branch_is_followed(versioned, tmp_path, sidecar):
     remote.push(force=True)
     assert remote.remote_head(f"refs/heads/{remote.branch}") == rewritten
 
-    wait_for(lambda: published_sha(link) == rewritten, timeout=10, message="the force-push followed")
+    wait_for(lambda: published_sha(link) == rewritten, timeout=30, message="the force-push followed")
     assert (link / "VERSION").read_text() == "rewritten\n"
     assert (link / "extra.txt").read_text() == "x\n"
     assert git("rev-parse", "HEAD", cwd=link) == rewritten
@@ -733,7 +733,7 @@ def test_deleted_branch_is_an_error_that_keeps_the_published_tree(versioned, tmp
     remote.push("keep")            # the default branch must live on somewhere
     remote.set_default_branch("keep")
     remote.delete_branch(remote.branch)
-    wait_for(lambda: process.output.count("sync failed") >= 3, timeout=10,
+    wait_for(lambda: process.output.count("sync failed") >= 3, timeout=30,
              message="repeated sync failures after the branch was deleted")
     assert f"ref '{remote.branch}' not found" in process.output
     assert process.proc.poll() is None, "with --max-failures -1 gitsync keeps going"
@@ -744,7 +744,7 @@ def test_deleted_branch_is_an_error_that_keeps_the_published_tree(versioned, tmp
     # The branch comes back with a new commit: gitsync carries on from there.
     remote.switch(remote.branch)
     newest = commit_version(remote, model, history)
-    wait_for(lambda: published_sha(link) == newest, timeout=10, message="the recreated branch")
+    wait_for(lambda: published_sha(link) == newest, timeout=30, message="the recreated branch")
     assert check_tree(link, history.version_of(newest)) == []
 
 

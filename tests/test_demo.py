@@ -199,7 +199,7 @@ def test_a_push_to_the_demo_remote_is_served_by_the_demo_app(demo, tmp_path):
     assert "remote: gitsync: 202 sync started" in pushed
 
     served = wait_for(lambda: (get_json(f"{ready['app']}version") or {}).get("commit") == new,
-                      timeout=20, interval=0.1, message="the app to serve the pushed commit")
+                      timeout=60, interval=0.1, message="the app to serve the pushed commit")
     assert served
     assert get_json(f"{ready['app']}version") == {"commit": new, "message": "Pushed by the demo test"}
     # --preload: the new commit ran in the interpreter that had imported Flask beforehand.
@@ -210,7 +210,7 @@ def test_a_push_to_the_demo_remote_is_served_by_the_demo_app(demo, tmp_path):
     assert re.search(r"demo-app/app\.py \(cwd .*/sync/\.worktrees/" + new, running), running
 
     assert demo.interrupt() == 0, demo.output()
-    leftovers = wait_for(lambda: not processes_under(demo.demo_dir), timeout=5, interval=0.1,
+    leftovers = wait_for(lambda: not processes_under(demo.demo_dir), timeout=30, interval=0.1,
                          message="every process of the demo to end")
     assert leftovers, processes_under(demo.demo_dir)
 

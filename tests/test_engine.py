@@ -223,7 +223,7 @@ def test_stale_worktree_timeout_keeps_left_trees_until_it_passes(remote, tmp_pat
     third = remote.commit_and_push({"x": "3"})
     engine.sync_once("poll")
     assert first in sha_trees(root)          # left under a second ago
-    wait_for(lambda: engine.sync_once("poll") and first not in sha_trees(root), timeout=5,
+    wait_for(lambda: engine.sync_once("poll") and first not in sha_trees(root), timeout=30,
              message="the stale tree to be removed")
     assert third in sha_trees(root)
 

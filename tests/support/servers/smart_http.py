@@ -157,7 +157,8 @@ class _Handler(BaseHTTPRequestHandler):
         authorization = self.headers.get("Authorization")
         owner._record(record, authorization)
 
-        if owner.delay and owner._stopping.wait(owner.delay):
+        stopped = not owner._wait_while_held()
+        if stopped or (owner.delay and owner._stopping.wait(owner.delay)):
             self.close_connection = True  # server is stopping: just hang up
             return
         user = owner._authenticate(authorization)
@@ -281,7 +282,8 @@ class SmartHttpServer:
 
     ``username``/``password`` require HTTP Basic auth on every request.
     ``delay`` seconds pass before each request is answered, to imitate a slow
-    remote. Received requests are logged in ``requests`` so tests can tell a
+    remote; between ``hold()`` and ``release()`` no request is answered at all, so a
+    test can tell "did not wait for git" from "was quick enough" without a clock. Received requests are logged in ``requests`` so tests can tell a
     ref listing (GET info/refs, v2 ls-refs) from a fetch that wants objects.
 
     After a stop it can be entered again: it comes back on the same port, so
@@ -307,6 +309,8 @@ class SmartHttpServer:
         self._requests: list[RecordedRequest] = []
         self._authorizations: list[str] = []
         self._stopping = threading.Event()
+        self._released = threading.Event()
+        self._released.set()
         self._children: set[subprocess.Popen] = set()
         self._connections: set[socket.socket] = set()
         self._server: _Server | None = None
@@ -368,6 +372,22 @@ class SmartHttpServer:
     def url_for(self, repo_name: str) -> str:
         """URL of a repository, given its path relative to project_root."""
         return f"{self.url}/{str(repo_name).strip('/')}"
+
+    # -- holding requests --------------------------------------------------
+
+    def hold(self) -> None:
+        """From now on requests wait (unanswered) until ``release()`` or a stop."""
+        self._released.clear()
+
+    def release(self) -> None:
+        self._released.set()
+
+    def _wait_while_held(self) -> bool:
+        """Wait while held; False if the server stops meanwhile."""
+        while not self._released.wait(0.05):
+            if self._stopping.is_set():
+                return False
+        return not self._stopping.is_set()
 
     # -- request log -------------------------------------------------------
 
