@@ -119,7 +119,7 @@ def test_no_secret_in_any_log_line_or_answer(gitsync, remote, http_remote, tmp_p
                 for base in (good_base, in_url_base, in_env_base)}
     for proc in (good, in_url, in_env):
         proc.signal(signal.SIGTERM)
-        proc.wait(10)
+        proc.wait(30)
 
     # The search has something to search: the failures were reported, the URL was shown.
     assert "REDACTED@" in statuses[in_url_base]["repo"]
