@@ -16,6 +16,7 @@ import pytest
 import requests
 
 from support.api import API_TOKEN, FORGE_BY_NAME, SECRET, served_port
+from support.fake_engine import FakeEngine
 from support.repos import published_sha
 from support.servers import SmartHttpServer
 from support.waiting import wait_for
@@ -29,8 +30,8 @@ STOP_DEADLINE = 10.0   # far below waitress's own wait for idle connections (min
 
 # -- ApiServer ----------------------------------------------------------------------------------
 
-def test_port_zero_binds_a_free_port_and_serves(api_factory, remote):
-    api = api_factory(remote.url, run=False)
+def test_port_zero_binds_a_free_port_and_serves(fake_api):
+    api = fake_api()
     server = ApiServer(api.app, "127.0.0.1", 0)
     server.start()
     try:
@@ -42,8 +43,8 @@ def test_port_zero_binds_a_free_port_and_serves(api_factory, remote):
         server.stop()
 
 
-def test_stop_is_prompt_and_closes_open_connections(api_factory, remote):
-    api = api_factory(remote.url, run=False)
+def test_stop_is_prompt_and_closes_open_connections(fake_api):
+    api = fake_api(engine=FakeEngine(commit=None))
     server = ApiServer(api.app, "127.0.0.1", 0)
     server.start()
     session = requests.Session()   # keeps its connection open
@@ -76,8 +77,8 @@ def raw_request(port: int, head: bytes, body: bytes = b"", timeout: float = 30.0
         return int(data.split(b" ", 2)[1]), data
 
 
-def test_a_huge_content_length_is_refused_without_reading_the_body(api_factory, remote, serve):
-    api = api_factory(remote.url, run=False)
+def test_a_huge_content_length_is_refused_without_reading_the_body(fake_api, serve):
+    api = fake_api()
     port = int(serve(api.app).rsplit(":", 1)[1])
     head = (b"POST /api/v1/webhook HTTP/1.1\r\nHost: x\r\nX-GitHub-Event: push\r\n"
             b"Content-Type: application/json\r\nContent-Length: 1073741824\r\n\r\n")
@@ -87,8 +88,8 @@ def test_a_huge_content_length_is_refused_without_reading_the_body(api_factory, 
     assert status == 413
 
 
-def test_a_body_just_over_the_cap_gets_the_receivers_json_413(api_factory, remote, serve):
-    api = api_factory(remote.url, "--receiver-max-body", "4KiB", run=False)
+def test_a_body_just_over_the_cap_gets_the_receivers_json_413(fake_api, serve):
+    api = fake_api("--receiver-max-body", "4KiB")
     base = serve(api.app)
     body = b"x" * 5000
     answer = requests.post(f"{base}/api/v1/webhook", data=body, timeout=30,
@@ -97,8 +98,8 @@ def test_a_body_just_over_the_cap_gets_the_receivers_json_413(api_factory, remot
     assert answer.json() == {"error": "the body is larger than the receiver accepts"}
 
 
-def test_a_chunked_body_over_the_cap_answers_413(api_factory, remote, serve):
-    api = api_factory(remote.url, "--receiver-max-body", "4KiB", run=False)
+def test_a_chunked_body_over_the_cap_answers_413(fake_api, serve):
+    api = fake_api("--receiver-max-body", "4KiB")
     base = serve(api.app)
 
     def chunks():
@@ -110,8 +111,8 @@ def test_a_chunked_body_over_the_cap_answers_413(api_factory, remote, serve):
     assert answer.status_code == 413
 
 
-def test_a_chunked_body_far_over_the_cap_is_cut_off(api_factory, remote, serve):
-    api = api_factory(remote.url, "--receiver-max-body", "4KiB", run=False)
+def test_a_chunked_body_far_over_the_cap_is_cut_off(fake_api, serve):
+    api = fake_api("--receiver-max-body", "4KiB")
     port = int(serve(api.app).rsplit(":", 1)[1])
     head = (b"POST /api/v1/webhook HTTP/1.1\r\nHost: x\r\nX-GitHub-Event: push\r\n"
             b"Transfer-Encoding: chunked\r\n\r\n")
