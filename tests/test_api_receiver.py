@@ -18,6 +18,7 @@ import pytest
 from support.api import FORGES, FORGE_BY_NAME, SECRET, Api, forge_params, new_delivery_id, settled
 from support.fake_engine import FIRST_SHA, FakeApi
 from support.repos import ZERO_SHA, git
+from support.servers import SmartHttpServer
 from support.waiting import wait_for
 
 GITHUB = FORGE_BY_NAME["github"]
@@ -99,18 +100,27 @@ def test_github_form_encoded_delivery_is_accepted(api, remote):
     assert_publishes(api, sha)
 
 
-def test_a_burst_of_pushes_coalesces_into_few_syncs_ending_on_the_newest(api, remote):
-    before = api.sync_count()
-    shas = [remote.commit_and_push({"f": str(n)}, f"burst {n}") for n in range(5)]
-    answers = []
-    for sha in shas:
-        for _ in range(4):   # forges retry and several hooks fire: 20 deliveries in all
-            answers.append(api.post_webhook(*GITHUB.delivery("refs/heads/main", sha)).status_code)
+def test_a_burst_of_pushes_coalesces_into_few_syncs_ending_on_the_newest(api_factory, remote):
+    with SmartHttpServer(remote.path.parent) as server:
+        api = api_factory(server.url_for("repo.git"))
+        wait_for(api.engine.is_ready, message="the first publish")
+        before = api.sync_count()
+        shas = [remote.commit_and_push({"f": str(n)}, f"burst {n}") for n in range(5)]
+        # The remote answers nothing until every delivery is in: however slow the machine,
+        # the burst meets one sync under way, as it would a real fetch over a network.
+        server.hold()
+        answers = []
+        for sha in shas:
+            for _ in range(4):   # forges retry and several hooks fire: 20 deliveries in all
+                answers.append(api.post_webhook(*GITHUB.delivery("refs/heads/main", sha)).status_code)
+            if sha == shas[0]:
+                wait_for(lambda: api.engine.status().state == "syncing", message="the held sync")
+        server.release()
 
-    assert answers == [202] * 20
-    assert_publishes(api, shas[-1])
-    wait_for(lambda: api.engine.status().state == "idle", message="the engine to go idle")
-    assert api.sync_count() - before <= 4, "20 deliveries should fold into a few syncs"
+        assert answers == [202] * 20
+        assert_publishes(api, shas[-1])
+        wait_for(lambda: api.engine.status().state == "idle", message="the engine to go idle")
+        assert api.sync_count() - before <= 4, "20 deliveries should fold into a few syncs"
 
 
 def test_pushes_that_interleave_with_deliveries_end_on_the_newest_commit(api, remote):
