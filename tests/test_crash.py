@@ -32,7 +32,7 @@ from pathlib import Path
 import pytest
 
 from support.repos import Remote, git, published_sha
-from support.waiting import wait_for
+from support.waiting import stays, wait_for
 
 LINK = "current"
 MANIFEST = "MANIFEST.txt"
@@ -240,6 +240,11 @@ class Reader(threading.Thread):
     def _bad(self, what: str) -> None:
         self.bad.append(what)
         time.sleep(0.002)   # one persistent fault should not fill memory
+
+    def wait_until_read(self, version: int, at_least: int = 0) -> None:
+        """Wait until the newest read was of `version`, after `at_least` reads in all."""
+        wait_for(lambda: self.versions_seen[-1:] == [version] and self.reads >= at_least,
+                 message=f"the reader to read v{version} after {at_least} reads")
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -470,7 +475,7 @@ def test_sigkill_at_random_moments_while_commits_arrive(versioned, tmp_path, sid
             raise AssertionError(f"{err}\nfinal gitsync output:\n{tail(final.output)}\n"
                                  f"(reader meanwhile: {reader.reads} reads, {len(reader.bad)} bad: "
                                  f"{reader.bad[:3]})") from None
-        time.sleep(0.5)   # the reader reads the newest tree too
+        reader.wait_until_read(history.version_of(newest), at_least=100)   # the newest tree too
         reader.stop()
 
         killed = processes[:-1]
@@ -656,12 +661,11 @@ def test_corrupt_repository_is_cloned_again_while_the_link_stays_readable(versio
         second = sidecar(*args)
         wait_for(lambda: _synced_after_repair(second), timeout=30,
                  message="the damage noticed and a sync after the repair")
-        time.sleep(0.3)
-        assert published_sha(link) == published
+        assert stays(lambda: published_sha(link) == published, 0.3)
         newest = commit_version(remote, model, history)
         wait_for(lambda: published_sha(link) == newest, timeout=30,
                  message="the next commit published after the repair")
-        time.sleep(0.2)
+        reader.wait_until_read(history.version_of(newest), at_least=20)
         reader.stop()
         assert reader.bad == [], "\n".join(reader.bad[:10])
         assert reader.reads >= 20, f"the reader managed only {reader.reads} reads"

@@ -508,7 +508,13 @@ def fetch(port: int, path: str = "/") -> dict:
 
 
 class RequestLoop(threading.Thread):
-    """GET / every 10 ms on fresh connections until stopped, at most `limit` times; counts outcomes."""
+    """GET / every 10 ms on fresh connections until stopped, at most `limit` times; counts outcomes.
+
+    `finish()` stops it only once `at_least` requests have run, so the count does not
+    depend on how fast a busy machine ran them.
+    """
+
+    AT_LEAST = 51
 
     def __init__(self, port: int, limit: int = 800):
         super().__init__(daemon=True)
@@ -526,6 +532,8 @@ class RequestLoop(threading.Thread):
             time.sleep(0.01)
 
     def finish(self) -> collections.Counter:
+        wait_for(lambda: sum(self.outcomes.values()) >= self.AT_LEAST or not self.is_alive(),
+                 f"{self.AT_LEAST} requests")
         self.halt.set()
         self.join(timeout=30)
         return self.outcomes
