@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from support.api import api_factory, serve  # noqa: F401  (fixtures for every module)
-from support.fake_engine import fake_api  # noqa: F401
+from support.api import api, api_factory, serve  # noqa: F401  (fixtures for every module)
+from support.fake_engine import fake, fake_api  # noqa: F401
 from support.processes import start_group, stop_group
 from support.repos import Remote
 

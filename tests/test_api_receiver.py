@@ -24,19 +24,6 @@ from support.waiting import wait_for
 GITHUB = FORGE_BY_NAME["github"]
 
 
-@pytest.fixture
-def api(api_factory, remote) -> Api:
-    api = api_factory(remote.url)
-    wait_for(api.engine.is_ready, message="the first publish")
-    return api
-
-
-@pytest.fixture
-def fake(fake_api) -> FakeApi:
-    """The app on a FakeEngine that tracks refs/heads/main and has FIRST_SHA published."""
-    return fake_api()
-
-
 def assert_no_sync(fake: FakeApi) -> None:
     assert fake.engine.triggers == [], "no sync should have started"
     assert fake.engine.status().commit == FIRST_SHA

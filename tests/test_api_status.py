@@ -17,7 +17,7 @@ import pytest
 
 from gitsync.cli import JsonFormatter
 from support.api import API_TOKEN, FORGE_BY_NAME, Api
-from support.fake_engine import FakeApi, FakeEngine, fake_config
+from support.fake_engine import FakeEngine, fake_config
 from support.waiting import wait_for
 from webhook import create_app
 
@@ -25,18 +25,6 @@ RFC3339_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
 STATUS_FIELDS = {"repo", "ref", "commit", "link", "state", "last_sync_at", "last_success_at",
                  "last_error", "consecutive_failures", "sync_count", "history", "version"}
 HISTORY_FIELDS = {"commit", "at", "trigger", "duration_ms", "result"}
-
-
-@pytest.fixture
-def api(api_factory, remote) -> Api:
-    api = api_factory(remote.url)
-    wait_for(api.engine.is_ready, message="the first publish")
-    return api
-
-
-@pytest.fixture
-def fake(fake_api) -> FakeApi:
-    return fake_api()
 
 
 def publish_by_webhook(api: Api, remote, message: str) -> str:

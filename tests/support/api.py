@@ -23,7 +23,7 @@ import pytest
 
 from gitsync.config import parse_args
 from support.repos import ZERO_SHA, published_sha
-from support.waiting import stays
+from support.waiting import stays, wait_for
 from webhook import create_app
 from webhook.server import ApiServer
 
@@ -232,6 +232,14 @@ def api_factory(engine_factory, tmp_path):
         return Api(engine, app, root)
 
     return make
+
+
+@pytest.fixture
+def api(api_factory, remote) -> Api:
+    """A real engine on the `remote` fixture, its first commit published, and its app."""
+    made = api_factory(remote.url)
+    wait_for(made.engine.is_ready, message="the first publish")
+    return made
 
 
 @pytest.fixture

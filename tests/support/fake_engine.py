@@ -147,3 +147,9 @@ def fake_api(tmp_path):
         return FakeApi(engine, create_app(engine, config, test_config))
 
     return make
+
+
+@pytest.fixture
+def fake(fake_api) -> FakeApi:
+    """The app on a FakeEngine that tracks refs/heads/main and has FIRST_SHA published."""
+    return fake_api()
