@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 
+from support.processes import signal_group, start_group, stop_group
 from support.repos import git
 from support.waiting import wait_for
 from webhook.forges import parse_delivery
@@ -99,10 +100,9 @@ class DemoRun:
 
     def __init__(self, demo_dir: Path):
         self.demo_dir = demo_dir
-        self.proc = subprocess.Popen(
+        self.proc = start_group(
             [sys.executable, str(RUN_DEMO)], env={**os.environ, "DEMO_DIR": str(demo_dir)},
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            text=True, start_new_session=True)
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.lines: queue.Queue[str | None] = queue.Queue()
         self.seen: list[str] = []
         threading.Thread(target=self._read, daemon=True).start()
@@ -148,18 +148,18 @@ class DemoRun:
 
     def interrupt(self) -> int:
         """Ctrl-C: SIGINT to the script's process group, as a terminal sends it."""
-        os.killpg(self.proc.pid, signal.SIGINT)
+        signal_group(self.proc, signal.SIGINT)
         return self.proc.wait(STOP_TIMEOUT)
 
     def clean_up(self) -> None:
         """After a failure: stop the script, then anything of this demo still running."""
         if self.proc.poll() is None:
+            signal_group(self.proc, signal.SIGINT)
             try:
-                os.killpg(self.proc.pid, signal.SIGINT)
                 self.proc.wait(STOP_TIMEOUT)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                pass
+        stop_group(self.proc)
         kill_processes_under(self.demo_dir)
 
 

@@ -1,4 +1,4 @@
-"""Proves the test git servers in gitservers.py work, using real git clients.
+"""Proves the test git servers in support/servers work, using real git clients.
 
 Every assertion here is about what a real ``git`` or ``ssh`` subprocess could
 or could not do, or about processes and ports seen through /proc and sockets,
