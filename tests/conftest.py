@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from gitutil import Remote
+from support.api import api, api_factory, serve  # noqa: F401  (fixtures for every module)
+from support.fake_engine import fake, fake_api  # noqa: F401
+from support.processes import start_group, stop_group
+from support.repos import Remote
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -45,9 +47,8 @@ class GitsyncProcess:
     def __init__(self, args: list[str], log_path: Path, env: dict[str, str] | None = None):
         self.log_path = log_path
         self._log = open(log_path, "wb")
-        self.proc = subprocess.Popen([str(BIN / "gitsync"), *args], stdout=self._log,
-                                     stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
-                                     start_new_session=True)
+        self.proc = start_group([str(BIN / "gitsync"), *args], stdout=self._log,
+                                stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
 
     @property
     def output(self) -> str:
@@ -60,12 +61,7 @@ class GitsyncProcess:
         return self.proc.wait(timeout)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            self.proc.wait(10)
+        stop_group(self.proc)   # with any git it left running
         self._log.close()
 
 

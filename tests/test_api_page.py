@@ -7,25 +7,17 @@ by itself, without a reload, through its script (under its own CSP).
 
 from __future__ import annotations
 
-import os
-import shutil
-import signal
 import subprocess
-import time
 
 import pytest
 import requests
 
-from apiutil import FORGE_BY_NAME, api_factory, free_port, serve  # noqa: F401
-from gitutil import wait_for
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = shutil.which("chromedriver")
-
-if not (CHROMIUM and CHROMEDRIVER):
-    if os.environ.get("CI"):
-        pytest.fail("CI must install Debian's chromium and chromium-driver", pytrace=False)
-    pytest.skip("needs Debian's chromium and chromium-driver", allow_module_level=True)
+from support.api import FORGE_BY_NAME
+from support.fake_engine import FakeEngine
+from support.ports import free_port
+from support.processes import start_group, stop_group
+from support.tools import find_tool, require_tool
+from support.waiting import wait_for
 
 
 class Browser:
@@ -56,14 +48,16 @@ class Browser:
 
 @pytest.fixture
 def browser(tmp_path):
+    chromium = find_tool("chromium-browser") or require_tool("chromium", "the status page test")
+    chromedriver = require_tool("chromedriver", "the status page test")
     port = free_port()
-    driver = subprocess.Popen([CHROMEDRIVER, f"--port={port}"], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL, start_new_session=True)
+    driver = start_group([chromedriver, f"--port={port}"], stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL)
     driver_url = f"http://127.0.0.1:{port}"
     session_id = None
     try:
-        wait_for(lambda: _ready(driver_url), timeout=20, message="chromedriver to start")
-        options = {"binary": CHROMIUM,
+        wait_for(lambda: _ready(driver_url), timeout=60, message="chromedriver to start")
+        options = {"binary": chromium,
                    "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
                             "--disable-dev-shm-usage", "--no-first-run",
                             f"--user-data-dir={tmp_path / 'chromium-profile'}"]}
@@ -76,11 +70,7 @@ def browser(tmp_path):
     finally:
         if session_id:
             requests.delete(f"{driver_url}/session/{session_id}", timeout=30)
-        try:
-            os.killpg(driver.pid, signal.SIGKILL)   # chromedriver and any chromium it left
-        except ProcessLookupError:
-            pass
-        driver.wait(10)
+        stop_group(driver)   # chromedriver and any chromium it left
 
 
 def _ready(driver_url: str) -> bool:
@@ -108,24 +98,25 @@ def test_the_page_shows_the_commit_and_follows_a_new_publish(api_factory, remote
     second = remote.commit_and_push({"app/main.py": "print('v2')\n"}, "Ship <i>v2</i>")
     headers, body = FORGE_BY_NAME["github"].delivery("refs/heads/main", second)
     assert requests.post(f"{base}/api/v1/webhook", data=body, headers=headers,
-                         timeout=5).status_code == 202
+                         timeout=30).status_code == 202
 
-    wait_for(lambda: browser.text("commit-sha") == second[:7], timeout=10,
+    wait_for(lambda: browser.text("commit-sha") == second[:7], timeout=30,
              message="the page to show the new commit without a reload")
     assert browser.text("commit-subject") == "Ship <i>v2</i>"   # shown as text
     assert browser.run("return document.querySelector('#commit-subject i')") is None
     wait_for(lambda: "webhook" in browser.run(
-        "return document.querySelector('#history tr').textContent"), timeout=5)
+        "return document.querySelector('#history tr').textContent"), timeout=30)
     assert browser.run("return document.getElementById('updated').className") == "live"
     assert browser.run("return document.title").endswith(second[:7])
     problems = [entry for entry in browser.console() if entry.get("level") == "SEVERE"]
     assert problems == [], problems
 
 
-def test_the_page_shows_a_failing_sync(api_factory, tmp_path, serve, browser):
-    api = api_factory(f"file://{tmp_path}/missing.git", "--max-failures", "-1",
-                      test_config={"PAGE_REFRESH_SECONDS": 0.5})
-    wait_for(lambda: api.engine.status().last_error, message="a failed sync")
+def test_the_page_shows_a_failing_sync(fake_api, serve, browser):
+    engine = FakeEngine(repo="file:///srv/missing.git", commit=None)
+    api = fake_api(engine=engine, test_config={"PAGE_REFRESH_SECONDS": 0.5})
+    engine.finish("error", error="git fetch failed: 'file:///srv/missing.git' does not appear "
+                                 "to be a git repository")
     base = serve(api.app)
 
     browser.open(base + "/")

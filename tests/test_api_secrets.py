@@ -18,9 +18,10 @@ from urllib.parse import quote
 import pytest
 import requests
 
-from apiutil import API_TOKEN, FORGE_BY_NAME, SECRET, served_port
-from gitservers import SmartHttpServer
-from gitutil import ZERO_SHA, wait_for
+from support.api import API_TOKEN, FORGE_BY_NAME, SECRET, served_port
+from support.repos import ZERO_SHA
+from support.servers import SmartHttpServer
+from support.waiting import wait_for
 
 USER = "git-user"
 PASSWORD = "http-password-f00d"            # the right one, from --password-file
@@ -52,7 +53,7 @@ def start(gitsync, tmp_path, name: str, repo: str, *flags: str, env: dict | None
     proc = gitsync("--repo", repo, "--root", str(tmp_path / name), "--link", "app",
                    "--http-bind", "127.0.0.1:0", "--receiver-secret-file", str(secret_file),
                    "--api-token-file", str(token_file), "-v", "1", *flags, env=env)
-    port = wait_for(lambda: served_port(lambda: proc.output), timeout=15,
+    port = wait_for(lambda: served_port(lambda: proc.output), timeout=30,
                     message=f"{name} to serve")
     return proc, f"http://127.0.0.1:{port}"
 
@@ -102,23 +103,23 @@ def test_no_secret_in_any_log_line_or_answer(gitsync, remote, http_remote, tmp_p
     in_env, in_env_base = start(gitsync, tmp_path, "in-env", good_url, "--username", USER,
                                 "--max-failures", "-1", "--period", "200ms", "--log-format", "json",
                                 env={"GITSYNC_PASSWORD": ENV_PASSWORD})
-    wait_for(lambda: requests.get(f"{good_base}/readyz", timeout=5).status_code == 200,
+    wait_for(lambda: requests.get(f"{good_base}/readyz", timeout=30).status_code == 200,
              message="the good sidecar to publish")
     for base in (in_url_base, in_env_base):
-        wait_for(lambda: requests.get(f"{base}/api/v1/status", timeout=5).json()["consecutive_failures"] >= 2,
+        wait_for(lambda: requests.get(f"{base}/api/v1/status", timeout=30).json()["consecutive_failures"] >= 2,
                  message="the failing sidecars to fail twice")
     sha = remote.commit_and_push({"f": "secret test"}, "secret test")
 
     answers = []
     for base in (good_base, in_url_base, in_env_base):
         answers += exercise(base, sha)
-    wait_for(lambda: requests.get(f"{good_base}/api/v1/status", timeout=5).json()["commit"] == sha,
+    wait_for(lambda: requests.get(f"{good_base}/api/v1/status", timeout=30).json()["commit"] == sha,
              message="the webhook's publish")
-    statuses = {base: requests.get(f"{base}/api/v1/status", timeout=5).json()
+    statuses = {base: requests.get(f"{base}/api/v1/status", timeout=30).json()
                 for base in (good_base, in_url_base, in_env_base)}
     for proc in (good, in_url, in_env):
         proc.signal(signal.SIGTERM)
-        proc.wait(10)
+        proc.wait(30)
 
     # The search has something to search: the failures were reported, the URL was shown.
     assert "REDACTED@" in statuses[in_url_base]["repo"]

@@ -10,46 +10,52 @@ from __future__ import annotations
 import json
 import signal
 import socket
-import time
+import threading
 
 import pytest
 import requests
 
-from apiutil import (API_TOKEN, FORGE_BY_NAME, SECRET, api_factory, serve,  # noqa: F401
-                     served_port)
-from gitservers import SmartHttpServer
-from gitutil import published_sha, wait_for
+from support.api import API_TOKEN, FORGE_BY_NAME, SECRET, served_port
+from support.fake_engine import FakeEngine
+from support.repos import published_sha
+from support.servers import SmartHttpServer
+from support.waiting import wait_for
 from webhook.server import ApiServer
 
 GITHUB = FORGE_BY_NAME["github"]
 
 
+STOP_DEADLINE = 10.0   # far below waitress's own wait for idle connections (minutes)
+
+
 # -- ApiServer ----------------------------------------------------------------------------------
 
-def test_port_zero_binds_a_free_port_and_serves(api_factory, remote):
-    api = api_factory(remote.url, run=False)
+def test_port_zero_binds_a_free_port_and_serves(fake_api):
+    api = fake_api()
     server = ApiServer(api.app, "127.0.0.1", 0)
     server.start()
     try:
         assert server.host == "127.0.0.1" and server.port > 0
-        answer = requests.get(f"http://127.0.0.1:{server.port}/api/v1/status", timeout=5)
+        answer = requests.get(f"http://127.0.0.1:{server.port}/api/v1/status", timeout=30)
         assert answer.status_code == 200 and answer.json()["ref"] == "HEAD"
         assert answer.headers["Server"] == "gitsync"
     finally:
         server.stop()
 
 
-def test_stop_is_prompt_and_closes_open_connections(api_factory, remote):
-    api = api_factory(remote.url, run=False)
+def test_stop_is_prompt_and_closes_open_connections(fake_api):
+    api = fake_api(engine=FakeEngine(commit=None))
     server = ApiServer(api.app, "127.0.0.1", 0)
     server.start()
     session = requests.Session()   # keeps its connection open
-    assert session.get(f"http://127.0.0.1:{server.port}/readyz", timeout=5).status_code == 503
+    assert session.get(f"http://127.0.0.1:{server.port}/readyz", timeout=30).status_code == 503
 
-    started = time.monotonic()
-    server.stop()
+    stopper = threading.Thread(target=server.stop)
+    stopper.start()
 
-    assert time.monotonic() - started < 1.0
+    # Prompt: not held up by the open keep-alive connection (waitress would wait minutes).
+    stopper.join(STOP_DEADLINE)
+    assert not stopper.is_alive(), f"stop() still waiting after {STOP_DEADLINE} s"
     with pytest.raises(requests.ConnectionError):
         session.get(f"http://127.0.0.1:{server.port}/readyz", timeout=2)
     with pytest.raises(ConnectionRefusedError):
@@ -59,7 +65,7 @@ def test_stop_is_prompt_and_closes_open_connections(api_factory, remote):
 
 # -- bodies over the cap, through waitress -------------------------------------------------------
 
-def raw_request(port: int, head: bytes, body: bytes = b"", timeout: float = 5.0) -> tuple[int, bytes]:
+def raw_request(port: int, head: bytes, body: bytes = b"", timeout: float = 30.0) -> tuple[int, bytes]:
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
         sock.sendall(head + body)
         data = b""
@@ -71,42 +77,42 @@ def raw_request(port: int, head: bytes, body: bytes = b"", timeout: float = 5.0)
         return int(data.split(b" ", 2)[1]), data
 
 
-def test_a_huge_content_length_is_refused_without_reading_the_body(api_factory, remote, serve):
-    api = api_factory(remote.url, run=False)
+def test_a_huge_content_length_is_refused_without_reading_the_body(fake_api, serve):
+    api = fake_api()
     port = int(serve(api.app).rsplit(":", 1)[1])
     head = (b"POST /api/v1/webhook HTTP/1.1\r\nHost: x\r\nX-GitHub-Event: push\r\n"
             b"Content-Type: application/json\r\nContent-Length: 1073741824\r\n\r\n")
-    started = time.monotonic()
-    status, _ = raw_request(port, head, b"{")   # 1 GiB announced, one byte sent
+    # 1 GiB announced, one byte sent: an answer at all (before raw_request's deadline)
+    # shows the body was not waited for.
+    status, _ = raw_request(port, head, b"{")
     assert status == 413
-    assert time.monotonic() - started < 2.0
 
 
-def test_a_body_just_over_the_cap_gets_the_receivers_json_413(api_factory, remote, serve):
-    api = api_factory(remote.url, "--receiver-max-body", "4KiB", run=False)
+def test_a_body_just_over_the_cap_gets_the_receivers_json_413(fake_api, serve):
+    api = fake_api("--receiver-max-body", "4KiB")
     base = serve(api.app)
     body = b"x" * 5000
-    answer = requests.post(f"{base}/api/v1/webhook", data=body, timeout=5,
+    answer = requests.post(f"{base}/api/v1/webhook", data=body, timeout=30,
                            headers=GITHUB.signed(body, "push"))
     assert answer.status_code == 413
     assert answer.json() == {"error": "the body is larger than the receiver accepts"}
 
 
-def test_a_chunked_body_over_the_cap_answers_413(api_factory, remote, serve):
-    api = api_factory(remote.url, "--receiver-max-body", "4KiB", run=False)
+def test_a_chunked_body_over_the_cap_answers_413(fake_api, serve):
+    api = fake_api("--receiver-max-body", "4KiB")
     base = serve(api.app)
 
     def chunks():
         for _ in range(5):
             yield b"x" * 1000
 
-    answer = requests.post(f"{base}/api/v1/webhook", data=chunks(), timeout=5,
+    answer = requests.post(f"{base}/api/v1/webhook", data=chunks(), timeout=30,
                            headers={"X-GitHub-Event": "push"})
     assert answer.status_code == 413
 
 
-def test_a_chunked_body_far_over_the_cap_is_cut_off(api_factory, remote, serve):
-    api = api_factory(remote.url, "--receiver-max-body", "4KiB", run=False)
+def test_a_chunked_body_far_over_the_cap_is_cut_off(fake_api, serve):
+    api = fake_api("--receiver-max-body", "4KiB")
     port = int(serve(api.app).rsplit(":", 1)[1])
     head = (b"POST /api/v1/webhook HTTP/1.1\r\nHost: x\r\nX-GitHub-Event: push\r\n"
             b"Transfer-Encoding: chunked\r\n\r\n")
@@ -119,7 +125,7 @@ def test_a_chunked_body_far_over_the_cap_is_cut_off(api_factory, remote, serve):
 
 @pytest.fixture
 def slow_remote(remote):
-    """The test remote served over smart HTTP; `delay` seconds pass before each answer."""
+    """The test remote served over smart HTTP; `hold()` keeps it from answering."""
     with SmartHttpServer(remote.path.parent) as server:
         yield server
 
@@ -129,31 +135,25 @@ def test_answers_do_not_wait_for_a_slow_git_remote(api_factory, remote, serve, s
     wait_for(api.engine.is_ready, message="the first publish")
     base = serve(api.app)
     session = requests.Session()
-    slow_remote.delay = 2.0
+    # The remote answers no git request until released: an answer that waited for git
+    # would run into its 30 s timeout instead of arriving.
+    slow_remote.hold()
     sha = remote.commit_and_push({"f": "slow"}, "slow")
-    assert session.post(f"{base}/api/v1/webhook", timeout=5,
+    assert session.post(f"{base}/api/v1/webhook", timeout=30,
                         **as_request(GITHUB.delivery("refs/heads/main", sha))).status_code == 202
-    wait_for(lambda: api.engine.status().state == "syncing", message="the slow sync to start")
+    wait_for(lambda: api.engine.status().state == "syncing", message="the held sync to start")
 
-    timings = []
     for _ in range(5):
         for method, path, kwargs in (
                 ("POST", "/api/v1/webhook", as_request(GITHUB.delivery("refs/heads/main", sha))),
                 ("GET", "/api/v1/status", {}), ("GET", "/healthz", {}), ("GET", "/", {}),
                 ("POST", "/api/v1/sync", {"headers": {"Authorization": f"Bearer {API_TOKEN}"}})):
-            started = time.perf_counter()
-            answer = session.request(method, base + path, timeout=5, **kwargs)
-            timings.append((time.perf_counter() - started, path))
+            answer = session.request(method, base + path, timeout=30, **kwargs)
             assert answer.status_code in (200, 202), (path, answer.status_code)
 
-    assert api.engine.status().state == "syncing", "the sync should still be running"
-    slowest = max(timings)
-    median = sorted(timings)[len(timings) // 2][0]
-    assert median < 0.05, f"the median answer took {median * 1000:.0f} ms during a sync"
-    # One slow answer on a loaded 2-core machine is scheduling, not git: a sync takes 2 s or more.
-    assert slowest[0] < 0.5, f"{slowest[1]} took {slowest[0] * 1000:.0f} ms during a sync"
-    slow_remote.delay = 0
-    wait_for(lambda: api.engine.status().commit == sha, timeout=30)
+    assert api.engine.status().state == "syncing", "the sync should still be held at the remote"
+    slow_remote.release()
+    wait_for(lambda: api.engine.status().commit == sha)
 
 
 def as_request(delivery: tuple[dict[str, str], bytes]) -> dict:
@@ -175,7 +175,7 @@ def start_gitsync(gitsync, remote, root, *flags):
     proc = gitsync("--repo", remote.url, "--root", str(root), "--period", "60s",
                    "--http-bind", "127.0.0.1:0", *flags)
     port = wait_for(lambda: served_port(lambda: proc.output) or proc.proc.poll() is not None,
-                    timeout=15, message="gitsync to log its address")
+                    timeout=30, message="gitsync to log its address")
     assert proc.proc.poll() is None, proc.output
     return proc, f"http://127.0.0.1:{port}"
 
@@ -184,13 +184,13 @@ def test_gitsync_serves_the_api_and_logs_json_lines(gitsync, remote, tmp_path, s
     proc, base = start_gitsync(gitsync, remote, tmp_path / "root", "--log-format", "json",
                                *secret_files)
     link = tmp_path / "root" / "repo.git"
-    wait_for(lambda: requests.get(f"{base}/readyz", timeout=5).status_code == 200)
+    wait_for(lambda: requests.get(f"{base}/readyz", timeout=30).status_code == 200)
     sha = remote.commit_and_push({"f": "json"}, "json logs")
-    answer = requests.post(f"{base}/api/v1/webhook", timeout=5,
+    answer = requests.post(f"{base}/api/v1/webhook", timeout=30,
                            **as_request(GITHUB.delivery("refs/heads/main", sha)))
     assert answer.status_code == 202
     wait_for(lambda: published_sha(link) == sha, message="the webhook's publish")
-    assert requests.post(f"{base}/api/v1/sync", timeout=5,
+    assert requests.post(f"{base}/api/v1/sync", timeout=30,
                          headers={"Authorization": f"Bearer {API_TOKEN}"}).status_code == 202
     wait_for(lambda: '"trigger=manual' in proc.output or "trigger=manual" in proc.output)
     proc.signal(signal.SIGTERM)
@@ -211,10 +211,10 @@ def test_gitsync_serves_the_api_and_logs_json_lines(gitsync, remote, tmp_path, s
 
 def test_gitsync_logs_one_text_line_per_request(gitsync, remote, tmp_path, secret_files):
     proc, base = start_gitsync(gitsync, remote, tmp_path / "root", *secret_files)
-    requests.get(f"{base}/api/v1/status", timeout=5)
-    requests.post(f"{base}/api/v1/webhook", data=b"{}", timeout=5,
+    requests.get(f"{base}/api/v1/status", timeout=30)
+    requests.post(f"{base}/api/v1/webhook", data=b"{}", timeout=30,
                   headers={"X-GitHub-Event": "push", "X-Hub-Signature-256": "sha256=00"})
-    requests.post(f"{base}/api/v1/sync", timeout=5)
+    requests.post(f"{base}/api/v1/sync", timeout=30)
     proc.signal(signal.SIGTERM)
     assert proc.wait(10) == 0
 

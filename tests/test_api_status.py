@@ -1,7 +1,10 @@
-"""Status, health, readiness, metrics, manual sync and the page, on real engines.
+"""Status, health, readiness, metrics, manual sync and the page.
 
-Also the factory itself (flaskr style): its layering of config, and several
-apps side by side in one process.
+What the engine reports (its status after real syncs, stuck loops, failure budgets)
+is checked on real engines. What the app makes of a given state (tokens, metrics,
+the page, the factory, the access log) is checked on a FakeEngine whose state the
+test sets, with no git and no waiting. Also the factory itself (flaskr style): its
+layering of config, and several apps side by side in one process.
 """
 
 from __future__ import annotations
@@ -12,23 +15,16 @@ import re
 
 import pytest
 
-from apiutil import API_TOKEN, FORGE_BY_NAME, Api, api_factory, settled  # noqa: F401
 from gitsync.cli import JsonFormatter
-from gitsync.config import parse_args
-from gitutil import wait_for
+from support.api import API_TOKEN, FORGE_BY_NAME, Api
+from support.fake_engine import FakeEngine, fake_config
+from support.waiting import wait_for
 from webhook import create_app
 
 RFC3339_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
 STATUS_FIELDS = {"repo", "ref", "commit", "link", "state", "last_sync_at", "last_success_at",
                  "last_error", "consecutive_failures", "sync_count", "history", "version"}
 HISTORY_FIELDS = {"commit", "at", "trigger", "duration_ms", "result"}
-
-
-@pytest.fixture
-def api(api_factory, remote) -> Api:
-    api = api_factory(remote.url)
-    wait_for(api.engine.is_ready, message="the first publish")
-    return api
 
 
 def publish_by_webhook(api: Api, remote, message: str) -> str:
@@ -92,9 +88,18 @@ def test_healthz_is_200_while_syncs_make_progress(api):
     assert answer.get_json()["status"] == "ok"
 
 
+def test_healthz_answers_503_with_the_failures_when_the_engine_is_unhealthy(fake):
+    fake.engine.finish("error", error="fetch: no such remote")
+    fake.engine.healthy = False
+    answer = fake.client.get("/healthz")
+    assert answer.status_code == 503
+    assert answer.get_json()["status"] == "unhealthy"
+    assert answer.get_json()["consecutive_failures"] == 1
+
+
 def test_healthz_is_503_when_the_loop_is_stuck(api_factory, remote):
     api = api_factory(remote.url, "--period", "200ms", "--sync-timeout", "200ms", run=False)
-    wait_for(lambda: api.client.get("/healthz").status_code == 503, timeout=5,
+    wait_for(lambda: api.client.get("/healthz").status_code == 503, timeout=30,
              message="a loop that never ran to count as stuck")
     assert api.client.get("/healthz").get_json()["status"] == "unhealthy"
 
@@ -155,31 +160,32 @@ BAD_AUTH = {
 
 
 @pytest.mark.parametrize("authorization", BAD_AUTH.values(), ids=list(BAD_AUTH))
-def test_sync_without_the_right_token_answers_401_and_does_not_sync(api, remote, authorization):
-    remote.commit_and_push({"f": "nope"}, "nope")
-    before = api.sync_count()
+def test_sync_without_the_right_token_answers_401_and_does_not_sync(fake, authorization):
     headers = {"Authorization": authorization} if authorization else {}
-    answer = api.client.post("/api/v1/sync", headers=headers)
+    answer = fake.client.post("/api/v1/sync", headers=headers)
     assert answer.status_code == 401
     assert answer.headers["WWW-Authenticate"].startswith("Bearer")
     assert API_TOKEN.encode() not in answer.data
-    assert settled(api, before, wait=0.3)
+    assert fake.engine.triggers == []
 
 
-def test_sync_scheme_is_case_insensitive(api):
-    answer = api.client.post("/api/v1/sync", headers={"Authorization": f"bearer {API_TOKEN}"})
+def test_sync_scheme_is_case_insensitive(fake):
+    answer = fake.client.post("/api/v1/sync", headers={"Authorization": f"bearer {API_TOKEN}"})
     assert answer.status_code == 202
+    assert fake.engine.triggers == ["manual"]
 
 
-def test_sync_answers_404_without_an_api_token(api_factory, remote):
-    api = api_factory(remote.url, env={"GITSYNC_API_TOKEN": None}, run=False)
-    answer = api.client.post("/api/v1/sync", headers={"Authorization": "Bearer anything"})
+def test_sync_answers_404_without_an_api_token(fake_api):
+    fake = fake_api(env={"GITSYNC_API_TOKEN": None})
+    answer = fake.client.post("/api/v1/sync", headers={"Authorization": "Bearer anything"})
     assert answer.status_code == 404
     assert "no API token" in answer.get_json()["error"]
+    assert fake.engine.triggers == []
 
 
-def test_sync_is_post_only(api):
-    assert api.client.get("/api/v1/sync").status_code == 405
+def test_sync_is_post_only(fake):
+    assert fake.client.get("/api/v1/sync").status_code == 405
+    assert fake.engine.triggers == []
 
 
 # -- GET /metrics ----------------------------------------------------------------------------------------
@@ -190,15 +196,13 @@ def metric(text: str, name: str, labels: str = "") -> float:
     return float(match.group(1))
 
 
-def test_metrics_use_git_syncs_names_and_count_syncs(api, remote):
-    text = api.client.get("/metrics").get_data(as_text=True)
+def test_metrics_use_git_syncs_names_and_count_syncs(fake):
+    text = fake.client.get("/metrics").get_data(as_text=True)
     before = metric(text, "git_sync_count_total", '{status="success"}')
-    publish_by_webhook(api, remote, "counted")
-    api.engine.trigger("manual")   # nothing new: a noop
-    wait_for(lambda: metric(api.client.get("/metrics").get_data(as_text=True),
-                            "git_sync_count_total", '{status="noop"}') >= 1)
+    fake.engine.finish("published", commit="b2" * 20, trigger="webhook")
+    fake.engine.finish("unchanged", trigger="manual")   # nothing new: a noop
 
-    answer = api.client.get("/metrics")
+    answer = fake.client.get("/metrics")
 
     assert answer.status_code == 200
     assert answer.content_type.startswith("text/plain")
@@ -206,6 +210,7 @@ def test_metrics_use_git_syncs_names_and_count_syncs(api, remote):
     assert "# TYPE git_sync_count_total counter" in text
     assert "# TYPE git_sync_duration_seconds summary" in text
     assert metric(text, "git_sync_count_total", '{status="success"}') == before + 1
+    assert metric(text, "git_sync_count_total", '{status="noop"}') == 1
     assert metric(text, "git_sync_count_total", '{status="error"}') == 0
     assert metric(text, "git_sync_duration_seconds_count", '{status="success"}') == before + 1
     assert metric(text, "gitsync_ready") == 1
@@ -214,26 +219,29 @@ def test_metrics_use_git_syncs_names_and_count_syncs(api, remote):
     assert metric(text, "gitsync_last_success_timestamp_seconds") > 1.6e9
 
 
-def test_metrics_count_errors(api_factory, tmp_path):
-    api = api_factory(f"file://{tmp_path}/missing.git", "--max-failures", "-1", "--period", "100ms")
-    wait_for(lambda: api.engine.status().consecutive_failures >= 2)
-    text = api.client.get("/metrics").get_data(as_text=True)
+def test_metrics_count_errors(fake_api):
+    fake = fake_api(engine=FakeEngine(commit=None))
+    for _ in range(2):
+        fake.engine.finish("error", error="fetch: no such remote")
+    text = fake.client.get("/metrics").get_data(as_text=True)
     assert metric(text, "git_sync_count_total", '{status="error"}') >= 2
     assert metric(text, "gitsync_consecutive_failures") >= 2
     assert metric(text, "gitsync_ready") == 0
 
 
-def test_metrics_answer_404_when_turned_off(api_factory, remote):
-    api = api_factory(remote.url, "--http-metrics=false", run=False)
-    assert api.client.get("/metrics").status_code == 404
+def test_metrics_answer_404_when_turned_off(fake_api):
+    fake = fake_api("--http-metrics=false")
+    assert fake.client.get("/metrics").status_code == 404
 
 
 # -- GET / ----------------------------------------------------------------------------------------------------
 
-def test_the_page_shows_the_published_commit_and_history(api, remote):
-    sha = publish_by_webhook(api, remote, "Add the <b>shiny</b> feature")
+def test_the_page_shows_the_published_commit_and_history(fake):
+    sha = "c3" * 20
+    fake.engine.finish("published", commit=sha, subject="Add the <b>shiny</b> feature",
+                       trigger="webhook")
 
-    answer = api.client.get("/")
+    answer = fake.client.get("/")
 
     assert answer.status_code == 200 and answer.mimetype == "text/html"
     page = answer.get_data(as_text=True)
@@ -248,52 +256,54 @@ def test_the_page_shows_the_published_commit_and_history(api, remote):
     assert "script-src 'self'" in answer.headers["Content-Security-Policy"]
 
 
-def test_the_page_shows_the_last_error(api_factory, tmp_path):
-    api = api_factory(f"file://{tmp_path}/missing.git", "--max-failures", "-1")
-    wait_for(lambda: api.engine.status().last_error)
-    page = api.client.get("/").get_data(as_text=True)
+def test_the_page_shows_the_last_error(fake_api):
+    fake = fake_api(engine=FakeEngine(repo="file:///srv/missing.git", commit=None))
+    fake.engine.finish("error", error="fetch: 'file:///srv/missing.git' does not appear to be a git repository")
+    page = fake.client.get("/").get_data(as_text=True)
     assert "Nothing published yet" in page
     assert 'class="badge state-failing"' in page
     assert '<section id="error-box" class="card error">' in page   # shown, not hidden
     assert "missing.git" in page
 
 
-def test_the_pages_script_and_style_are_served(api):
+def test_the_pages_script_and_style_are_served(fake):
     for path in ("/static/status.js", "/static/status.css"):
-        assert api.client.get(path).status_code == 200
+        assert fake.client.get(path).status_code == 200
 
 
 # -- errors, the factory and the access log ----------------------------------------------------------------
 
-def test_unknown_paths_answer_json_404(api_factory, remote):
-    api = api_factory(remote.url, run=False)
-    answer = api.client.get("/api/v1/nothing?token=abc")
+def test_unknown_paths_answer_json_404(fake):
+    answer = fake.client.get("/api/v1/nothing?token=abc")
     assert answer.status_code == 404 and answer.is_json
     assert "abc" not in answer.get_data(as_text=True)
 
 
-def test_the_factory_layers_a_test_mapping_over_the_config(api_factory, remote):
-    api = api_factory(remote.url, run=False, test_config={"API_TOKEN": "from-the-test"})
-    assert api.app.config["API_TOKEN"] == "from-the-test"
-    assert api.app.config["RECEIVER_MAX_BODY"] == 5 * 1024 * 1024
-    assert api.client.post("/api/v1/sync", headers={"Authorization": "Bearer from-the-test"}).status_code == 202
+def test_the_factory_layers_a_test_mapping_over_the_config(fake_api):
+    fake = fake_api(test_config={"API_TOKEN": "from-the-test"})
+    assert fake.app.config["API_TOKEN"] == "from-the-test"
+    assert fake.app.config["RECEIVER_MAX_BODY"] == 5 * 1024 * 1024
+    assert fake.client.post("/api/v1/sync", headers={"Authorization": "Bearer from-the-test"}).status_code == 202
+    assert fake.engine.triggers == ["manual"]
 
 
-def test_two_apps_on_one_engine_keep_their_own_metrics(api, remote, tmp_path):
-    args = ["--repo", remote.url, "--root", str(tmp_path / "x")]
-    second = create_app(api.engine, parse_args(args, {}))
-    publish_by_webhook(api, remote, "both see it")
-    for app in (api.app, second):
-        text = app.test_client().get("/metrics").get_data(as_text=True)
-        assert metric(text, "git_sync_count_total", '{status="success"}') >= 1
+def test_two_apps_on_one_engine_keep_their_own_metrics(fake, tmp_path):
+    second = create_app(fake.engine, fake_config(tmp_path / "second"))
+    fake.engine.finish("published", commit="d4" * 20, trigger="webhook")   # both hear it
+    second.test_client().post("/api/v1/webhook", data=b"{}")   # only the second counts it
+    texts = [app.test_client().get("/metrics").get_data(as_text=True) for app in (fake.app, second)]
+    for text in texts:
+        assert metric(text, "git_sync_count_total", '{status="success"}') == 1
+    assert "gitsync_webhook_requests_total{" not in texts[0]
+    assert "gitsync_webhook_requests_total{" in texts[1]
 
 
-def test_every_request_is_logged_once_with_its_fields(api, caplog):
+def test_every_request_is_logged_once_with_its_fields(fake, caplog):
     caplog.set_level(logging.DEBUG, logger="webhook.access")
     headers, body = FORGE_BY_NAME["gitlab"].delivery("refs/heads/feature", "ab" * 20)
-    api.post_webhook(headers, body)
-    api.client.get("/api/v1/status?secret=do-not-log")
-    api.client.get("/healthz")
+    fake.post_webhook(headers, body)
+    fake.client.get("/api/v1/status?secret=do-not-log")
+    fake.client.get("/healthz")
 
     records = [r for r in caplog.records if r.name == "webhook.access"]
 

@@ -19,10 +19,11 @@ from urllib.parse import quote
 import pytest
 import requests
 
-from gitservers import SmartHttpServer, SshServer
+from support.repos import Remote, argv_recorder, git, published_sha
+from support.servers import SmartHttpServer, SshServer
+from support.waiting import wait_for
 from gitsync.cli import build_engine
 from gitsync.config import parse_args
-from gitutil import Remote, argv_recorder, git, published_sha, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -203,14 +204,14 @@ def test_the_running_sidecar_shows_no_secret_anywhere(http_repo, tmp_path, gitsy
         port = wait_for(lambda: re.search(r"http://127\.0\.0\.1:(\d+)", proc.output), 10,
                         message="the API address").group(1)
         api = f"http://127.0.0.1:{port}"
-        pages = {path: requests.get(api + path, timeout=5) for path in
+        pages = {path: requests.get(api + path, timeout=30) for path in
                  ("/api/v1/status", "/", "/metrics")}
         assert all(page.status_code == 200 for page in pages.values())
         assert pages["/api/v1/status"].json()["repo"].startswith("http://REDACTED@127.0.0.1:")
         server.password = "rotated-away"   # make it fail too, to show an error everywhere
         remote.commit_and_push({"README.md": "v2\n"}, "second")
         wait_for(lambda: "Authentication failed" in proc.output, 20, message="a failed sync")
-        status = requests.get(api + "/api/v1/status", timeout=5)
+        status = requests.get(api + "/api/v1/status", timeout=30)
         assert "Authentication failed" in status.json()["last_error"]
         for text in (status.text, *(page.text for page in pages.values())):
             shown(text)

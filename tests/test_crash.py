@@ -31,7 +31,8 @@ from pathlib import Path
 
 import pytest
 
-from gitutil import Remote, git, published_sha, wait_for
+from support.repos import Remote, git, published_sha
+from support.waiting import stays, wait_for
 
 LINK = "current"
 MANIFEST = "MANIFEST.txt"
@@ -239,6 +240,11 @@ class Reader(threading.Thread):
     def _bad(self, what: str) -> None:
         self.bad.append(what)
         time.sleep(0.002)   # one persistent fault should not fill memory
+
+    def wait_until_read(self, version: int, at_least: int = 0) -> None:
+        """Wait until the newest read was of `version`, after `at_least` reads in all."""
+        wait_for(lambda: self.versions_seen[-1:] == [version] and self.reads >= at_least,
+                 message=f"the reader to read v{version} after {at_least} reads")
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -450,7 +456,7 @@ def test_sigkill_at_random_moments_while_commits_arrive(versioned, tmp_path, sid
             processes.append(process)
             started = time.monotonic()
             wait_for(lambda: " git " in process.output or process.proc.poll() is not None,
-                     timeout=20, interval=0.005, message="gitsync's first git command")
+                     timeout=30, interval=0.005, message="gitsync's first git command")
             startup += time.monotonic() - started
             time.sleep(rng.uniform(0.05, 1.0))
             if process.proc.poll() is not None:
@@ -463,13 +469,13 @@ def test_sigkill_at_random_moments_while_commits_arrive(versioned, tmp_path, sid
         final = sidecar(*args)
         processes.append(final)
         try:
-            wait_for(lambda: published_sha(link) == newest, timeout=15,
+            wait_for(lambda: published_sha(link) == newest, timeout=30,
                      message=f"the newest commit {newest[:10]} published after the last kill")
         except AssertionError as err:
             raise AssertionError(f"{err}\nfinal gitsync output:\n{tail(final.output)}\n"
                                  f"(reader meanwhile: {reader.reads} reads, {len(reader.bad)} bad: "
                                  f"{reader.bad[:3]})") from None
-        time.sleep(0.5)   # the reader reads the newest tree too
+        reader.wait_until_read(history.version_of(newest), at_least=100)   # the newest tree too
         reader.stop()
 
         killed = processes[:-1]
@@ -492,12 +498,12 @@ def test_sigkill_at_random_moments_while_commits_arrive(versioned, tmp_path, sid
         assert check_tree(link, history.version_of(newest)) == []
         assert git("rev-parse", "HEAD", cwd=link) == newest
         assert git("status", "--porcelain", "--untracked-files=no", cwd=link) == ""
-        wait_for(lambda: leftovers(root) == [], timeout=5,
+        wait_for(lambda: leftovers(root) == [], timeout=30,
                  message=f"leftovers of the killed runs cleaned up (still: {leftovers(root)})")
         # Trees the kills left behind go once the stale timeout passes: published + previous stay.
         wait_for(lambda: len([p for p in (root / ".worktrees").iterdir()
                               if SHA_DIR.match(p.name)]) <= 2,
-                 timeout=10, message="old trees removed after --stale-worktree-timeout")
+                 timeout=30, message="old trees removed after --stale-worktree-timeout")
         assert final.proc.poll() is None, f"gitsync exited:\n{tail(final.output)}"
         kill(final)
 
@@ -653,14 +659,13 @@ def test_corrupt_repository_is_cloned_again_while_the_link_stays_readable(versio
     reader.start()
     try:
         second = sidecar(*args)
-        wait_for(lambda: _synced_after_repair(second), timeout=15,
+        wait_for(lambda: _synced_after_repair(second), timeout=30,
                  message="the damage noticed and a sync after the repair")
-        time.sleep(0.3)
-        assert published_sha(link) == published
+        assert stays(lambda: published_sha(link) == published, 0.3)
         newest = commit_version(remote, model, history)
-        wait_for(lambda: published_sha(link) == newest, timeout=10,
+        wait_for(lambda: published_sha(link) == newest, timeout=30,
                  message="the next commit published after the repair")
-        time.sleep(0.2)
+        reader.wait_until_read(history.version_of(newest), at_least=20)
         reader.stop()
         assert reader.bad == [], "\n".join(reader.bad[:10])
         assert reader.reads >= 20, f"the reader managed only {reader.reads} reads"
@@ -684,7 +689,7 @@ def test_corrupt_repository_recovery_keeps_the_tree_a_reader_sits_in(versioned, 
     tree_fd = os.open(root / LINK, os.O_RDONLY | os.O_DIRECTORY)   # what a process's cwd holds
     try:
         second = sidecar(*args)
-        wait_for(lambda: _synced_after_repair(second), timeout=15,
+        wait_for(lambda: _synced_after_repair(second), timeout=30,
                  message="the damage noticed and a sync after the repair")
         assert published_sha(root / LINK) == published
         inside = check_tree(Path(f"/proc/self/fd/{tree_fd}"), history.version_of(published))
@@ -709,7 +714,7 @@ def test_force_pushed_branch_is_followed(versioned, tmp_path, sidecar):
     remote.push(force=True)
     assert remote.remote_head(f"refs/heads/{remote.branch}") == rewritten
 
-    wait_for(lambda: published_sha(link) == rewritten, timeout=10, message="the force-push followed")
+    wait_for(lambda: published_sha(link) == rewritten, timeout=30, message="the force-push followed")
     assert (link / "VERSION").read_text() == "rewritten\n"
     assert (link / "extra.txt").read_text() == "x\n"
     assert git("rev-parse", "HEAD", cwd=link) == rewritten
@@ -732,7 +737,7 @@ def test_deleted_branch_is_an_error_that_keeps_the_published_tree(versioned, tmp
     remote.push("keep")            # the default branch must live on somewhere
     remote.set_default_branch("keep")
     remote.delete_branch(remote.branch)
-    wait_for(lambda: process.output.count("sync failed") >= 3, timeout=10,
+    wait_for(lambda: process.output.count("sync failed") >= 3, timeout=30,
              message="repeated sync failures after the branch was deleted")
     assert f"ref '{remote.branch}' not found" in process.output
     assert process.proc.poll() is None, "with --max-failures -1 gitsync keeps going"
@@ -743,7 +748,7 @@ def test_deleted_branch_is_an_error_that_keeps_the_published_tree(versioned, tmp
     # The branch comes back with a new commit: gitsync carries on from there.
     remote.switch(remote.branch)
     newest = commit_version(remote, model, history)
-    wait_for(lambda: published_sha(link) == newest, timeout=10, message="the recreated branch")
+    wait_for(lambda: published_sha(link) == newest, timeout=30, message="the recreated branch")
     assert check_tree(link, history.version_of(newest)) == []
 
 

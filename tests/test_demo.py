@@ -25,7 +25,9 @@ from pathlib import Path
 
 import pytest
 
-from gitutil import git, wait_for
+from support.processes import signal_group, start_group, stop_group
+from support.repos import git
+from support.waiting import wait_for
 from webhook.forges import parse_delivery
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -98,10 +100,9 @@ class DemoRun:
 
     def __init__(self, demo_dir: Path):
         self.demo_dir = demo_dir
-        self.proc = subprocess.Popen(
+        self.proc = start_group(
             [sys.executable, str(RUN_DEMO)], env={**os.environ, "DEMO_DIR": str(demo_dir)},
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            text=True, start_new_session=True)
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.lines: queue.Queue[str | None] = queue.Queue()
         self.seen: list[str] = []
         threading.Thread(target=self._read, daemon=True).start()
@@ -147,18 +148,18 @@ class DemoRun:
 
     def interrupt(self) -> int:
         """Ctrl-C: SIGINT to the script's process group, as a terminal sends it."""
-        os.killpg(self.proc.pid, signal.SIGINT)
+        signal_group(self.proc, signal.SIGINT)
         return self.proc.wait(STOP_TIMEOUT)
 
     def clean_up(self) -> None:
         """After a failure: stop the script, then anything of this demo still running."""
         if self.proc.poll() is None:
+            signal_group(self.proc, signal.SIGINT)
             try:
-                os.killpg(self.proc.pid, signal.SIGINT)
                 self.proc.wait(STOP_TIMEOUT)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                pass
+        stop_group(self.proc)
         kill_processes_under(self.demo_dir)
 
 
@@ -198,7 +199,7 @@ def test_a_push_to_the_demo_remote_is_served_by_the_demo_app(demo, tmp_path):
     assert "remote: gitsync: 202 sync started" in pushed
 
     served = wait_for(lambda: (get_json(f"{ready['app']}version") or {}).get("commit") == new,
-                      timeout=20, interval=0.1, message="the app to serve the pushed commit")
+                      timeout=60, interval=0.1, message="the app to serve the pushed commit")
     assert served
     assert get_json(f"{ready['app']}version") == {"commit": new, "message": "Pushed by the demo test"}
     # --preload: the new commit ran in the interpreter that had imported Flask beforehand.
@@ -209,7 +210,7 @@ def test_a_push_to_the_demo_remote_is_served_by_the_demo_app(demo, tmp_path):
     assert re.search(r"demo-app/app\.py \(cwd .*/sync/\.worktrees/" + new, running), running
 
     assert demo.interrupt() == 0, demo.output()
-    leftovers = wait_for(lambda: not processes_under(demo.demo_dir), timeout=5, interval=0.1,
+    leftovers = wait_for(lambda: not processes_under(demo.demo_dir), timeout=30, interval=0.1,
                          message="every process of the demo to end")
     assert leftovers, processes_under(demo.demo_dir)
 

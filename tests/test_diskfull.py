@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from gitutil import git, published_sha, wait_for
+from support.repos import git, published_sha
+from support.waiting import wait_for
 
 VOLUME_MB = 20
 

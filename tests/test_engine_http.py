@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from gitservers import SmartHttpServer
-from gitutil import published_sha
+from support.repos import published_sha
+from support.servers import SmartHttpServer
 from test_engine import sync
 
 

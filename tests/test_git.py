@@ -11,7 +11,7 @@ import pytest
 from gitsync.git import TARGET_REF, Deadline, GitError, GitRunner, git_environment
 from gitsync.model import SyncError
 from gitsync.repository import Repository
-from gitutil import git
+from support.repos import git
 
 
 @pytest.fixture

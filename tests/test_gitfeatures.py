@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from gitservers import SmartHttpServer
+from support.repos import Remote, argv_recorder, git
+from support.servers import SmartHttpServer
 from gitsync.cli import build_engine
 from gitsync.config import parse_args
-from gitutil import Remote, argv_recorder, git
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -1,4 +1,4 @@
-"""Proves the test git servers in gitservers.py work, using real git clients.
+"""Proves the test git servers in support/servers work, using real git clients.
 
 Every assertion here is about what a real ``git`` or ``ssh`` subprocess could
 or could not do, or about processes and ports seen through /proc and sockets,
@@ -18,7 +18,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from gitservers import SmartHttpServer, SshServer, descendant_pids, git_ssh_command
+from support.processes import alive, cmdlines, descendant_pids, pids_mentioning
+from support.servers import SmartHttpServer, SshServer, git_ssh_command
+from support.waiting import stays, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -92,15 +94,6 @@ def port_refuses(port: int) -> bool:
     return False
 
 
-def running(pid: int) -> bool:
-    """True if ``pid`` exists and is not a zombie (a zombie does nothing)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rindex(")") + 2] != "Z"
-
-
 def pids_with_env(name: str, value: str) -> set[int]:
     """Running processes whose environment has ``name=value``."""
     needle = f"{name}={value}".encode()
@@ -111,44 +104,13 @@ def pids_with_env(name: str, value: str) -> set[int]:
                 environ = Path(f"/proc/{entry}/environ").read_bytes().split(b"\0")
             except OSError:
                 continue
-            if needle in environ and running(int(entry)):
+            if needle in environ and alive(int(entry)):
                 found.add(int(entry))
-    return found
-
-
-def cmdlines() -> dict[int, list[str]]:
-    """argv of every running process."""
-    found = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                raw = Path(f"/proc/{entry}/cmdline").read_bytes()
-            except OSError:
-                continue
-            if raw and running(int(entry)):
-                found[int(entry)] = raw.rstrip(b"\0").decode(errors="replace").split("\0")
     return found
 
 
 def pids_running(argv: list[str]) -> set[int]:
     return {pid for pid, args in cmdlines().items() if args == argv}
-
-
-def pids_mentioning(text: str) -> set[int]:
-    """Processes with ``text`` anywhere in their command line.
-
-    Substring matching because sshd rewrites its argv into one string.
-    """
-    return {pid for pid, args in cmdlines().items() if text in " ".join(args)}
-
-
-def wait_for(predicate, timeout: float = 10.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if result := predicate():
-            return result
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def pkt(line: str) -> bytes:
@@ -383,13 +345,12 @@ def _start_big_fetch(server: SmartHttpServer, project_root: Path) -> socket.sock
 def test_client_disconnect_kills_backend(http, project_root):
     root = str(project_root)
     sock = _start_big_fetch(http, project_root)
-    wait_for(lambda: pids_with_env("GIT_PROJECT_ROOT", root), what="http-backend to run")
-    time.sleep(0.3)
-    assert pids_with_env("GIT_PROJECT_ROOT", root), "http-backend should be blocked, not done"
+    wait_for(lambda: pids_with_env("GIT_PROJECT_ROOT", root), message="http-backend to run")
+    assert stays(lambda: pids_with_env("GIT_PROJECT_ROOT", root), 0.3), "http-backend should be blocked, not done"
 
     sock.close()
 
-    wait_for(lambda: not pids_with_env("GIT_PROJECT_ROOT", root), what="http-backend to die")
+    wait_for(lambda: not pids_with_env("GIT_PROJECT_ROOT", root), message="http-backend to die")
     assert http.fetch_requests()[0].status == 200
 
 
@@ -403,11 +364,11 @@ def test_http_exit_kills_running_backend(project_root):
             found = pids_with_env("GIT_PROJECT_ROOT", root)
             return found if len(found) >= 3 else None
 
-        backend = wait_for(whole_backend, what="http-backend and its children")
+        backend = wait_for(whole_backend, message="http-backend and its children")
         commands = " ".join(" ".join(cmdlines().get(pid, [])) for pid in backend)
         assert "upload-pack" in commands and "pack-objects" in commands
 
-    assert not any(running(pid) for pid in backend)
+    assert not any(alive(pid) for pid in backend)
     assert port_refuses(server.port)
     sock.close()
 
@@ -486,13 +447,13 @@ def test_ssh_exit_kills_sshd_and_open_sessions(tmp_path, env):
             )  # fmt: skip
             session = wait_for(
                 lambda: descendant_pids(server.pid) & pids_running(["sleep", "60"]),
-                what="the remote 'sleep 60'",
+                message="the remote 'sleep 60'",
             )
             tree = descendant_pids(server.pid) | {server.pid}
             assert server.pid in pids_mentioning(str(server.config_path))
 
         assert session <= tree
-        assert not any(running(pid) for pid in tree)
+        assert not any(alive(pid) for pid in tree)
         assert not pids_mentioning(str(server.config_path))
         assert port_refuses(server.port)
         assert client.wait(timeout=10) != 0  # its connection was cut

@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from support.tools import require_tool
+
 from test_dockerfile import (
     DEMO_TARGET,
     SIDECAR_TARGET,
@@ -70,12 +72,7 @@ RELOAD_ENV = {env_name(o, "GITSYNC_RELOAD_") for o in RELOAD_OPTIONS}
 # --- rendering and validation -----------------------------------------------
 
 def kubectl() -> str:
-    found = shutil.which("kubectl")
-    assert found, (
-        "kubectl is needed to render k8s/ (kubectl kustomize); it is not on PATH. "
-        "On these machines it comes preinstalled as the Debian package 'kubectl'."
-    )
-    return found
+    return require_tool("kubectl", "to render k8s/ with kubectl kustomize")
 
 
 def kustomize_dir(variant: str) -> Path:

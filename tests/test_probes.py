@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 
 import pytest
-from apiutil import free_port
+from support.ports import free_port
 from appserver import FakeApp, reload_status
 
 from gitsync.rollout import HealthProbe, StatusProbe, probe_for, same_commit

@@ -12,7 +12,7 @@ from gitsync.cli import build_engine
 from gitsync.config import parse_args
 from gitsync.git import Deadline
 from gitsync.model import SyncError
-from gitutil import git
+from support.repos import git
 
 
 def engine_over(root: Path, url: str, *flags: str):

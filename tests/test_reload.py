@@ -21,6 +21,10 @@ import pytest
 
 from gitsync.reload.config import ConfigError, build_config
 from gitsync.reload.systemd import PYTHON_SHIM, SH_SHIM
+from support import waiting
+from support.ports import free_port
+from support.processes import alive, gone, kill_group
+from support.waiting import DEFAULT_TIMEOUT, stays
 
 REPO = Path(__file__).resolve().parents[1]
 WATCHFILES = Path(sys.executable).with_name("watchfiles")
@@ -111,10 +115,10 @@ class Reloader:
         """Starts as gitsync-reload logged them: counts even a command killed before it recorded."""
         return self.log().count("started pid")
 
-    def wait_starts(self, count: int, timeout: float = 10.0) -> list[dict]:
+    def wait_starts(self, count: int, timeout: float = DEFAULT_TIMEOUT) -> list[dict]:
         return wait_for(lambda: len(self.starts()) >= count and self.starts(), f"{count} starts", timeout, self)
 
-    def wait_log(self, text: str, timeout: float = 10.0) -> None:
+    def wait_log(self, text: str, timeout: float = DEFAULT_TIMEOUT) -> None:
         wait_for(lambda: text in self.log(), repr(text), timeout, self)
 
     def send(self, signum: int) -> None:
@@ -124,48 +128,10 @@ class Reloader:
         return self.process.wait(timeout=timeout)
 
 
-def wait_for(predicate, what: str, timeout: float = 10.0, reloader: Reloader | None = None):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    log = f"\n--- gitsync-reload log ---\n{reloader.log()}" if reloader else ""
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}{log}")
-
-
-def stays(predicate, seconds: float) -> bool:
-    """True if predicate holds for the whole period (checked often, fails early)."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if not predicate():
-            return False
-        time.sleep(0.02)
-    return predicate()
-
-
-def alive(pid: int) -> bool:
-    """Running, and not a zombie waiting to be reaped."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return state != "Z"
-
-
-def gone(pid: int) -> bool:
-    """Not even a zombie: ended and reaped."""
-    return not Path(f"/proc/{pid}").exists()
-
-
-def kill_group(pid: int) -> None:
-    """SIGKILL the process group led by pid, if pid still leads one."""
-    try:
-        if os.getpgid(pid) == pid:
-            os.killpg(pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
+def wait_for(predicate, what: str, timeout: float = DEFAULT_TIMEOUT, reloader: Reloader | None = None):
+    """support.waiting.wait_for, showing gitsync-reload's log when it fails."""
+    detail = (lambda: f"--- gitsync-reload log ---\n{reloader.log()}") if reloader else None
+    return waiting.wait_for(predicate, timeout, what, detail=detail)
 
 
 @pytest.fixture
@@ -543,7 +509,13 @@ def fetch(port: int, path: str = "/") -> dict:
 
 
 class RequestLoop(threading.Thread):
-    """GET / every 10 ms on fresh connections until stopped, at most `limit` times; counts outcomes."""
+    """GET / every 10 ms on fresh connections until stopped, at most `limit` times; counts outcomes.
+
+    `finish()` stops it only once `at_least` requests have run, so the count does not
+    depend on how fast a busy machine ran them.
+    """
+
+    AT_LEAST = 51
 
     def __init__(self, port: int, limit: int = 800):
         super().__init__(daemon=True)
@@ -561,6 +533,8 @@ class RequestLoop(threading.Thread):
             time.sleep(0.01)
 
     def finish(self) -> collections.Counter:
+        wait_for(lambda: sum(self.outcomes.values()) >= self.AT_LEAST or not self.is_alive(),
+                 f"{self.AT_LEAST} requests")
         self.halt.set()
         self.join(timeout=30)
         return self.outcomes
@@ -727,12 +701,6 @@ def test_watchfiles_cli_recipe_restarts_onto_new_tree(trees, tmp_path, child_scr
 
 
 # --- the demo app ---------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def get_json(url: str):

@@ -22,18 +22,16 @@ from gitsync.reload.config import ConfigError, build_config
 from gitsync.reload.launcher import SPARE_RETRY, WARM_WAIT
 from gitsync.reload.pycommand import PythonCommand
 from gitsync.reload.spare import CONTROL_ENV, FORBIDDEN_ENV, MODULES_ENV, STATUS_ENV
+from support.ports import free_port
+from support.processes import alive, gone, kill_group
 from test_reload import (  # noqa: F401  (trees, start_reload, child_script, listen_app: fixtures)
     REPO,
     Reloader,
     Trees,
-    alive,
     child_script,
     event_of,
     fetch,
-    free_port,
     get_json,
-    gone,
-    kill_group,
     listen_app,
     refused_line,
     start_listening,

@@ -8,7 +8,7 @@ import json
 import os
 
 import pytest
-from apiutil import free_port
+from support.ports import free_port
 from appserver import FakeApp, reload_status
 
 from gitsync.rollout import (

@@ -8,7 +8,8 @@ import signal
 import time
 from pathlib import Path
 
-from gitutil import Remote, git, published_sha, wait_for
+from support.repos import Remote, git, published_sha
+from support.waiting import wait_for
 
 FILES = 4000  # enough that a checkout of them all is still running when SIGTERM comes
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import time
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Mapping
 
 ZERO_SHA = "0" * 40
 
@@ -87,19 +86,6 @@ class Remote:
 
     def set_default_branch(self, branch: str) -> None:
         git("symbolic-ref", "HEAD", f"refs/heads/{branch}", cwd=self.path)
-
-
-def wait_for(condition: Callable[[], object], timeout: float = 10.0, interval: float = 0.02,
-             message: str = "condition") -> object:
-    """Poll until `condition()` is truthy; fail the test with `message` after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
-        time.sleep(interval)
 
 
 def published_sha(link: Path) -> str | None:

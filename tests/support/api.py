@@ -14,7 +14,6 @@ import hmac
 import itertools
 import json
 import re
-import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +22,8 @@ from typing import Callable
 import pytest
 
 from gitsync.config import parse_args
-from gitutil import ZERO_SHA, published_sha
+from support.repos import ZERO_SHA, published_sha
+from support.waiting import stays, wait_for
 from webhook import create_app
 from webhook.server import ApiServer
 
@@ -235,6 +235,14 @@ def api_factory(engine_factory, tmp_path):
 
 
 @pytest.fixture
+def api(api_factory, remote) -> Api:
+    """A real engine on the `remote` fixture, its first commit published, and its app."""
+    made = api_factory(remote.url)
+    wait_for(made.engine.is_ready, message="the first publish")
+    return made
+
+
+@pytest.fixture
 def serve():
     """`serve(app)`: the app on waitress at 127.0.0.1 on a free port; its base URL."""
     servers: list[ApiServer] = []
@@ -251,14 +259,15 @@ def serve():
 
 
 def settled(api: Api, count_before: int, wait: float = 0.4) -> bool:
-    """True if no sync attempt started or ended for `wait` seconds after `count_before`."""
-    deadline = time.monotonic() + wait
-    while time.monotonic() < deadline:
+    """True if no sync attempt started or ended for `wait` seconds after `count_before`.
+
+    A real engine can only show that nothing happened for a while; on a FakeEngine
+    `engine.triggers == []` says it at once.
+    """
+    def quiet() -> bool:
         status = api.engine.status()
-        if status.sync_count != count_before or status.state == "syncing":
-            return False
-        time.sleep(0.02)
-    return True
+        return status.sync_count == count_before and status.state != "syncing"
+    return stays(quiet, wait)
 
 
 SERVING = re.compile(r"serving the HTTP API on http://([\d.]+):(\d+)")
@@ -268,8 +277,3 @@ def served_port(output: Callable[[], str]) -> int | None:
     match = SERVING.search(output())
     return int(match.group(2)) if match else None
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
