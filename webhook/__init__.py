@@ -20,9 +20,11 @@ from werkzeug.exceptions import HTTPException
 if TYPE_CHECKING:
     from gitsync.config import Config
     from gitsync.engine import Status, SyncResult
+    from gitsync.fleet import Fleet
 
     from .forges import DeliveryLog
     from .metrics import Metrics
+    from .peers import PeerServices
 
 access_log = logging.getLogger("webhook.access")
 
@@ -52,6 +54,7 @@ class Services:
     engine: SyncController
     deliveries: DeliveryLog
     metrics: Metrics
+    peers: PeerServices | None = None   # set when --peers is configured
 
 
 def services() -> Services:
@@ -59,8 +62,9 @@ def services() -> Services:
 
 
 def create_app(engine: SyncController, config: Config,
-               test_config: Mapping[str, Any] | None = None) -> Flask:
-    from . import metrics, receiver, status
+               test_config: Mapping[str, Any] | None = None, fleet: Fleet | None = None) -> Flask:
+    """`fleet` (tests) stands in for the one built from --peers."""
+    from . import metrics, peers, receiver, status
     from .forges import DeliveryLog
 
     app = Flask(__name__)
@@ -78,10 +82,16 @@ def create_app(engine: SyncController, config: Config,
     app.config["MAX_CONTENT_LENGTH"] = app.config["RECEIVER_MAX_BODY"]
     app.config["SERVER_MAX_BODY"] = app.config["RECEIVER_MAX_BODY"] + SERVER_BODY_HEADROOM
 
+    fleet = fleet or _fleet_from(config)
+    app.config["PEER_SECRET"] = config.peer_secret if fleet else None
+    counters = metrics.Metrics(engine)
+    if fleet:
+        fleet.add_listener(counters.count_peer_sent)
     app.extensions["gitsync"] = Services(
-        engine=engine, deliveries=DeliveryLog(app.config["DELIVERY_MEMORY"]),
-        metrics=metrics.Metrics(engine))
+        engine=engine, deliveries=DeliveryLog(app.config["DELIVERY_MEMORY"]), metrics=counters,
+        peers=peers.peer_services(fleet, engine) if fleet else None)
 
+    app.register_blueprint(peers.bp if fleet else peers.off)
     app.register_blueprint(receiver.bp)
     app.register_blueprint(status.bp)
     app.register_blueprint(metrics.bp)
@@ -89,6 +99,13 @@ def create_app(engine: SyncController, config: Config,
     app.before_request(_start_clock)
     app.after_request(_log_request)
     return app
+
+
+def _fleet_from(config: Config) -> Fleet | None:
+    if config.peers is None or config.http_bind is None:
+        return None
+    from gitsync.fleet import Fleet
+    return Fleet(config.peers, config.peer_secret, config.http_bind)
 
 
 def _json_error(error: HTTPException):
