@@ -24,9 +24,9 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable
 
 from .config import Peers
 
@@ -189,8 +189,8 @@ class PeerFinder:
             log.warning("peers: cannot resolve %s: %s; notifying no peers this time",
                         self.peers.dns_name, err)
             return []
-        found = {(info[4][0], self.peers.port) for info in infos}
-        return sorted(found)
+        port = self.peers.port or 0
+        return sorted({(str(info[4][0]), port) for info in infos})
 
     def others(self) -> list[Address]:
         return [address for address in self.replicas() if not self.is_self(address)]

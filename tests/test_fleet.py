@@ -10,6 +10,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from gitutil import wait_for
 
 from gitsync.config import Peers
 from gitsync.fleet import (
@@ -25,7 +26,6 @@ from gitsync.fleet import (
     summarize,
     verify,
 )
-from gitutil import wait_for
 
 SECRET = b"peer-secret-5c1e"
 BODY = b'{"commit": "abc", "ref": "refs/heads/main", "delivery": "d1", "origin": "x"}'

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from flask import Flask, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException
@@ -102,7 +103,7 @@ def create_app(engine: SyncController, config: Config,
 
 
 def _fleet_from(config: Config) -> Fleet | None:
-    if config.peers is None or config.http_bind is None:
+    if config.peers is None or config.http_bind is None or config.peer_secret is None:
         return None
     from gitsync.fleet import Fleet
     return Fleet(config.peers, config.peer_secret, config.http_bind)

@@ -13,8 +13,15 @@ from dataclasses import dataclass
 
 from flask import Blueprint, current_app, g, jsonify, request
 
-from gitsync.fleet import (SIGNATURE_HEADER, TIMESTAMP_HEADER, Fleet, PeerRejected, RecentIds,
-                           SyncLimiter, verify)
+from gitsync.fleet import (
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+    Fleet,
+    PeerRejected,
+    RecentIds,
+    SyncLimiter,
+    verify,
+)
 
 from . import services
 
@@ -54,7 +61,7 @@ def peer_sync():
     if notice is None:
         return _answer(400, "malformed", {"error": "the body is not a peer notification"})
     g.log_fields = {**g.get("log_fields", {}), "origin": notice["origin"]}
-    peers = services().peers
+    peers = _peers()
     if peers.recent.seen_before(notice["delivery"]):
         return _answer(200, "duplicate", {"result": "ignored",
                                           "reason": "this delivery was seen before"})
@@ -88,9 +95,15 @@ def _parse_notice(body: bytes) -> dict | None:
 @bp.get("/api/v1/fleet")
 def fleet_view():
     own = services().engine.status().to_dict()
-    response = jsonify(services().peers.fleet.view(own))
+    response = jsonify(_peers().fleet.view(own))
     response.headers["Cache-Control"] = "no-store"
     return response
+
+
+def _peers() -> PeerServices:
+    peers = services().peers
+    assert peers is not None, "the peers blueprint is registered only with --peers"
+    return peers
 
 
 def _answer(status: int, result: str, body: dict):
