@@ -2,7 +2,8 @@
 processes on 127.0.0.2, 127.0.0.3, ... (own roots and ports, `--peers` the full
 list, --period 60s so only the webhook and the peers' calls explain a sync), each
 with gitsync-reload running a small app (stdlib http.server, handed its socket:
---listen) that answers with the commit it runs. A signed GitHub push goes to the
+--listen, --preload: each start runs in an interpreter started ahead of the flip)
+that answers with the commit it runs. A signed GitHub push goes to the
 first replica only; the clock starts when `git push` returns.
 
 Measured per push: push -> every replica published (its link names the commit),
@@ -17,6 +18,7 @@ import uuid
 from pathlib import Path
 
 import common
+from bench_live import wait_reloader_settled, warm_starts
 from common import BIN, Context
 
 SECRET = b"bench-fleet-receiver-secret"
@@ -24,7 +26,7 @@ PEER_SECRET = "bench-fleet-peer-secret"
 SIZES = (3, 10)
 TIMEOUT = 60
 GAP = 1.0   # seconds between pushes, after the fleet is live: housekeeping settles
-RELOAD_ARGS = ("--debounce", "0", "--grace", "5s")
+RELOAD_ARGS = ("--debounce", "0", "--grace", "5s", "--preload", "http.server")
 
 APP = '''\
 """A tiny app for the fleet benchmark: answers every GET with the commit it runs."""
@@ -151,10 +153,10 @@ def measure(ctx: Context, opts, remote: AppRemote, size: int) -> dict:
         if first is None or wait_all(replicas, lambda r: r.live_commit() == sha, TIMEOUT) is None:
             raise RuntimeError("the fleet did not come up: "
                                + common.failure_line(replicas[0].sync.output))
-        time.sleep(GAP)
+        settle(replicas, starts=1)
         conn = http.client.HTTPConnection(replicas[0].host, replicas[0].port, timeout=10)
         published, live, window = [], [], []
-        for _ in range(opts.live_pushes):
+        for number in range(opts.live_pushes):
             sha, pushed = remote.commit_and_push()
             status, _ = common.post_github(conn, SECRET, common.github_push(
                 f"refs/heads/{common.BRANCH}", sha))
@@ -166,14 +168,24 @@ def measure(ctx: Context, opts, remote: AppRemote, size: int) -> dict:
             published.append(max(seen["published"]) - pushed)
             live.append(max(seen["live"]) - pushed)
             window.append(max(seen["live"]) - min(seen["live"]))
-            time.sleep(GAP)
+            settle(replicas, starts=number + 2)
         conn.close()
+        warm = sum(warm_starts(replica.reload) for replica in replicas)
     finally:
         for replica in replicas:
             replica.stop()
     return {"replicas": size, "all_published": common.summary_ms(published, 50, 99),
             "all_live": common.summary_ms(live, 50, 99),
-            "window": common.summary_ms(window, 50, 99)}
+            "window": common.summary_ms(window, 50, 99),
+            "warm_starts": f"{warm}/{size * (opts.live_pushes + 1)}"}
+
+
+def settle(replicas, starts: int) -> None:
+    """As for any deploy a while after the last: each reloader's next spare interpreter
+    is ready, and gitsync's housekeeping had GAP seconds."""
+    for replica in replicas:
+        wait_reloader_settled(replica.reload, "preload", starts)
+    time.sleep(GAP)
 
 
 def wait_all(replicas, check, timeout: float):
@@ -207,7 +219,7 @@ def report(results: dict) -> list[str]:
     rows = []
     for size, data in results["sizes"].items():
         if "error" in data:
-            rows.append([size, *["-"] * 6, f"FAILED: {data['error']}"])
+            rows.append([size, *["-"] * 7, f"FAILED: {data['error']}"])
             continue
         rows.append([size, data["all_live"]["n"],
                      common.fmt(data["all_published"]["p50_ms"], " ms"),
@@ -215,10 +227,10 @@ def report(results: dict) -> list[str]:
                      common.fmt(data["all_live"]["p50_ms"], " ms"),
                      common.fmt(data["all_live"]["p99_ms"], " ms"),
                      common.fmt(data["window"]["p50_ms"], " ms"),
-                     common.fmt(data["window"]["p99_ms"], " ms")])
+                     common.fmt(data["window"]["p99_ms"], " ms"), data["warm_starts"]])
     return [common.table(
         "fleet: one signed push to replica 1 of N (--peers, --period 60s); each replica runs a "
         "small app under gitsync-reload --listen " + " ".join(RELOAD_ARGS)
         + "; goals: 10 replicas all live p50 <= 500 ms, window p50 <= 250 ms",
         ["replicas", "n", "all published p50", "p99", "all live p50", "p99",
-         "window (first->last live) p50", "p99"], rows)]
+         "window (first->last live) p50", "p99", "warm starts"], rows)]

@@ -263,6 +263,10 @@ class Fleet:
         self._pool = ThreadPoolExecutor(POOL_SIZE, thread_name_prefix="peer")
         self._listeners: list[Callable[[str], None]] = []
 
+    def verify(self, timestamp: str | None, sent: str | None, body: bytes) -> None:
+        """Raise PeerRejected unless a peer call carries our secret's fresh signature."""
+        verify(self._secret, timestamp, sent, body)
+
     @property
     def origin(self) -> str:
         """Who passed a push on, for the peers' logs: our address, or our host name

@@ -152,6 +152,10 @@ def synced_by(replica: Replica, trigger: str, sha: str) -> bool:
 
 def test_a_push_to_one_replica_reaches_every_replica(fleet, remote):
     replicas = fleet(addresses(3))
+    # A push to another branch is not passed on.
+    headers, body = GITHUB.delivery("refs/heads/other", "2" * 40)
+    other = requests.post(replicas[0].url + "/api/v1/webhook", data=body, headers=headers, timeout=5)
+    assert other.status_code == 200
     sha = push(remote, "v2")
     assert replicas[0].push_webhook(sha).status_code == 202
     wait_all_on(replicas, sha)
@@ -160,6 +164,7 @@ def test_a_push_to_one_replica_reaches_every_replica(fleet, remote):
         assert synced_by(replica, "peer", sha)
     wait_for(lambda: replicas[0].metric("gitsync_peer_notifications_sent", "sync") == 2,
              message="two notifications sent")
+    assert replicas[0].metric("gitsync_peer_notifications_received", "sync") == 0
     assert replicas[1].metric("gitsync_peer_notifications_received", "sync") == 1
     # A peer never passes a notification on.
     assert replicas[1].metric("gitsync_peer_notifications_sent", "sync") == 0

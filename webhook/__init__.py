@@ -2,8 +2,9 @@
 
 `create_app(engine, config)` layers defaults, then gitsync's Config, then an
 optional test mapping, and registers one blueprint per module: `receiver`
-(inbound push webhooks), `status` (status, health, manual sync, the page) and
-`metrics`. The API drives the engine only through `SyncController`; it never
+(inbound push webhooks), `status` (status, health, manual sync, the page),
+`metrics` and `peers` (the fleet: peer notifications and the fleet view, with
+--peers only). The API drives the engine only through `SyncController`; it never
 runs git and never waits for it.
 """
 
@@ -64,7 +65,7 @@ def services() -> Services:
 
 def create_app(engine: SyncController, config: Config,
                test_config: Mapping[str, Any] | None = None, fleet: Fleet | None = None) -> Flask:
-    """`fleet` (tests) stands in for the one built from --peers."""
+    """`fleet`: the replica's peers (with --peers); without one the peer endpoints answer 404."""
     from . import metrics, peers, receiver, status
     from .forges import DeliveryLog
 
@@ -83,8 +84,6 @@ def create_app(engine: SyncController, config: Config,
     app.config["MAX_CONTENT_LENGTH"] = app.config["RECEIVER_MAX_BODY"]
     app.config["SERVER_MAX_BODY"] = app.config["RECEIVER_MAX_BODY"] + SERVER_BODY_HEADROOM
 
-    fleet = fleet or _fleet_from(config)
-    app.config["PEER_SECRET"] = config.peer_secret if fleet else None
     counters = metrics.Metrics(engine)
     if fleet:
         fleet.add_listener(counters.count_peer_sent)
@@ -100,13 +99,6 @@ def create_app(engine: SyncController, config: Config,
     app.before_request(_start_clock)
     app.after_request(_log_request)
     return app
-
-
-def _fleet_from(config: Config) -> Fleet | None:
-    if config.peers is None or config.http_bind is None or config.peer_secret is None:
-        return None
-    from gitsync.fleet import Fleet
-    return Fleet(config.peers, config.peer_secret, config.http_bind)
 
 
 def _json_error(error: HTTPException):

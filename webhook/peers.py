@@ -1,9 +1,10 @@
 """POST /api/v1/peer/sync and GET /api/v1/fleet: the replicas of one app together.
 
-Registered only when --peers is set. A peer's notification is verified
-(signature, timestamp, delivery id) and only asks for a sync: the engine
-still learns the commit from the remote, and a notification is never passed
-on. Even valid calls start syncs at a bounded rate (`SyncLimiter`).
+Registered only when the app is handed a Fleet (gitsync's CLI builds one from
+--peers). A peer's notification is verified (signature, timestamp, delivery id)
+and only asks for a sync: the engine still learns the commit from the remote,
+and a notification is never passed on. Even valid calls start syncs at a
+bounded rate (`SyncLimiter`).
 """
 
 from __future__ import annotations
@@ -11,17 +12,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from flask import Blueprint, current_app, g, jsonify, request
+from flask import Blueprint, g, jsonify, request
 
-from gitsync.fleet import (
-    SIGNATURE_HEADER,
-    TIMESTAMP_HEADER,
-    Fleet,
-    PeerRejected,
-    RecentIds,
-    SyncLimiter,
-    verify,
-)
+from gitsync.fleet import SIGNATURE_HEADER, TIMESTAMP_HEADER, Fleet, PeerRejected, RecentIds, SyncLimiter
 
 from . import services
 
@@ -53,8 +46,8 @@ def fleet_off():
 def peer_sync():
     body = request.get_data(cache=False)[:MAX_PEER_BODY + 1]
     try:
-        verify(current_app.config["PEER_SECRET"], request.headers.get(TIMESTAMP_HEADER),
-               request.headers.get(SIGNATURE_HEADER), body)
+        _peers().fleet.verify(request.headers.get(TIMESTAMP_HEADER),
+                              request.headers.get(SIGNATURE_HEADER), body)
     except PeerRejected as rejected:
         return _answer(401, rejected.result, {"error": rejected.reason})
     notice = _parse_notice(body)
