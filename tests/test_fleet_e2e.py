@@ -168,6 +168,11 @@ def test_a_push_to_one_replica_reaches_every_replica(fleet, remote):
     assert replicas[1].metric("gitsync_peer_notifications_received", "sync") == 1
     # A peer never passes a notification on.
     assert replicas[1].metric("gitsync_peer_notifications_sent", "sync") == 0
+    # The peer secret shows nowhere.
+    shown = [replica.output for replica in replicas] + [
+        requests.get(replicas[0].url + path, timeout=10).text
+        for path in ("/", "/api/v1/status", "/api/v1/fleet", "/metrics")]
+    assert not [text for text in shown if PEER_SECRET in text]
 
 
 def test_the_fleet_view_shows_every_replica_and_convergence(fleet, remote):
