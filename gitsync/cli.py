@@ -14,6 +14,7 @@ from . import config as config_module
 from .auth import Credentials
 from .config import Config
 from .engine import Engine
+from .fleet import Fleet
 from .git import GitRunner, Repository, git_environment
 from .hooks import ErrorFile, ExecHook, HookRunner, TouchFile, WebHook
 from .publish import Layout, Publisher
@@ -103,11 +104,10 @@ def start_api(config: Config, engine: Engine):
     return server
 
 
-def build_fleet(config: Config):
+def build_fleet(config: Config) -> Fleet | None:
     """The replica's peers (--peers), told of each push the API accepts."""
     if config.peers is None or config.peer_secret is None or config.http_bind is None:
         return None
-    from .fleet import Fleet
     return Fleet(config.peers, config.peer_secret, config.http_bind)
 
 
