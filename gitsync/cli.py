@@ -14,6 +14,7 @@ from . import config as config_module
 from .auth import Credentials
 from .config import Config
 from .engine import Engine
+from .fleet import Fleet
 from .git import GitRunner, git_environment
 from .hooks import ErrorFile, ExecHook, HookRunner, TouchFile, WebHook
 from .publish import Layout, Publisher
@@ -98,10 +99,17 @@ def start_api(config: Config, engine: Engine):
     from webhook import create_app
     from webhook.server import ApiServer
 
-    server = ApiServer(create_app(engine, config), *config.http_bind)
+    server = ApiServer(create_app(engine, config, fleet=build_fleet(config)), *config.http_bind)
     server.start()
     log.info("serving the HTTP API on http://%s:%d", server.host, server.port)
     return server
+
+
+def build_fleet(config: Config) -> Fleet | None:
+    """The replica's peers (--peers), told of each push the API accepts."""
+    if config.peers is None or config.peer_secret is None or config.http_bind is None:
+        return None
+    return Fleet(config.peers, config.peer_secret, config.http_bind)
 
 
 def run_until_stopped(engine: Engine, wake: threading.Event) -> int:

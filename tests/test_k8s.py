@@ -65,7 +65,10 @@ def env_name(flag: str, prefix: str = "GITSYNC_") -> str:
     return prefix + flag.upper().replace("-", "_")
 
 
-SIDECAR_ENV = {env_name(f) for f in CONTRACT_FLAGS} | CONTRACT_SECRET_VARS
+# The contract's "Fleet" section (test_k8s_fleet.py checks the wiring).
+FLEET_FLAGS = ["peers", "peer-secret-file"]
+FLEET_SECRET_VARS = {"GITSYNC_PEER_SECRET"}
+SIDECAR_ENV = {env_name(f) for f in CONTRACT_FLAGS + FLEET_FLAGS} | CONTRACT_SECRET_VARS | FLEET_SECRET_VARS
 RELOAD_ENV = {env_name(o, "GITSYNC_RELOAD_") for o in RELOAD_OPTIONS}
 
 
@@ -323,7 +326,7 @@ def test_secrets_come_from_mounted_files(variant):
     }
     container = sidecar(variant)
     for name, entry in env(container).items():
-        assert name not in CONTRACT_SECRET_VARS, f"{name}: pass secrets as files (*_FILE)"
+        assert name not in CONTRACT_SECRET_VARS | FLEET_SECRET_VARS, f"{name}: pass secrets as files (*_FILE)"
         if not name.endswith("_FILE") or name in {"GITSYNC_SPARSE_CHECKOUT_FILE", "GITSYNC_TOUCH_FILE",
                                                   "GITSYNC_ERROR_FILE"}:
             continue

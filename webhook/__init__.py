@@ -2,8 +2,9 @@
 
 `create_app(engine, config)` layers defaults, then gitsync's Config, then an
 optional test mapping, and registers one blueprint per module: `receiver`
-(inbound push webhooks), `status` (status, health, manual sync, the page) and
-`metrics`. The API drives the engine only through `SyncController`; it never
+(inbound push webhooks), `status` (status, health, manual sync, the page),
+`metrics` and `peers` (the fleet: peer notifications and the fleet view, with
+--peers only). The API drives the engine only through `SyncController`; it never
 runs git and never waits for it.
 """
 
@@ -11,18 +12,21 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from flask import Flask, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 if TYPE_CHECKING:
     from gitsync.config import Config
+    from gitsync.fleet import Fleet
     from gitsync.model import Status, SyncResult
 
     from .forges import DeliveryLog
     from .metrics import Metrics
+    from .peers import PeerServices
 
 access_log = logging.getLogger("webhook.access")
 
@@ -52,6 +56,7 @@ class Services:
     engine: SyncController
     deliveries: DeliveryLog
     metrics: Metrics
+    peers: PeerServices | None = None   # set when --peers is configured
 
 
 def services() -> Services:
@@ -59,8 +64,9 @@ def services() -> Services:
 
 
 def create_app(engine: SyncController, config: Config,
-               test_config: Mapping[str, Any] | None = None) -> Flask:
-    from . import metrics, receiver, status
+               test_config: Mapping[str, Any] | None = None, fleet: Fleet | None = None) -> Flask:
+    """`fleet`: the replica's peers (with --peers); without one the peer endpoints answer 404."""
+    from . import metrics, peers, receiver, status
     from .forges import DeliveryLog
 
     app = Flask(__name__)
@@ -78,10 +84,14 @@ def create_app(engine: SyncController, config: Config,
     app.config["MAX_CONTENT_LENGTH"] = app.config["RECEIVER_MAX_BODY"]
     app.config["SERVER_MAX_BODY"] = app.config["RECEIVER_MAX_BODY"] + SERVER_BODY_HEADROOM
 
+    counters = metrics.Metrics(engine)
+    if fleet:
+        fleet.add_listener(counters.count_peer_sent)
     app.extensions["gitsync"] = Services(
-        engine=engine, deliveries=DeliveryLog(app.config["DELIVERY_MEMORY"]),
-        metrics=metrics.Metrics(engine))
+        engine=engine, deliveries=DeliveryLog(app.config["DELIVERY_MEMORY"]), metrics=counters,
+        peers=peers.peer_services(fleet, engine) if fleet else None)
 
+    app.register_blueprint(peers.bp if fleet else peers.off)
     app.register_blueprint(receiver.bp)
     app.register_blueprint(status.bp)
     app.register_blueprint(metrics.bp)

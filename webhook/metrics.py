@@ -38,6 +38,13 @@ class Metrics:
         self.webhooks = Counter(
             "gitsync_webhook_requests", "Inbound webhook requests, by forge and result",
             ["forge", "result"], registry=self.registry)
+        self.peer_sent = Counter(
+            "gitsync_peer_notifications_sent", "Notifications passed on to peers, by result "
+            "(sync, ignored, unauthorized, error, unreachable)", ["result"], registry=self.registry)
+        self.peer_received = Counter(
+            "gitsync_peer_notifications_received", "Notifications received from peers, by result "
+            "(sync, rate_limited, already, duplicate, unauthorized, stale, malformed)", ["result"],
+            registry=self.registry)
         for status in SYNC_STATUS.values():   # zeros from the start, so rate() works at once
             self.sync_count.labels(status)
             self.sync_duration.labels(status)
@@ -51,6 +58,12 @@ class Metrics:
 
     def count_webhook(self, forge: str, result: str) -> None:
         self.webhooks.labels(forge, result).inc()
+
+    def count_peer_sent(self, result: str) -> None:
+        self.peer_sent.labels(result).inc()
+
+    def count_peer_received(self, result: str) -> None:
+        self.peer_received.labels(result).inc()
 
 
 class _EngineGauges:

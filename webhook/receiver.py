@@ -50,6 +50,7 @@ def _route_push(delivery: Delivery):
     pushed = [change for change in tracked if not change.deleted]
     if pushed:
         engine.trigger("webhook")
+        _pass_on(pushed[-1], delivery)
         return _answer(202, delivery.forge, "sync", {
             "result": "sync started", "forge": delivery.forge, "event": delivery.event,
             "ref": pushed[-1].ref, "hint": pushed[-1].after})
@@ -60,6 +61,13 @@ def _route_push(delivery: Delivery):
     status = engine.status()
     tracked_ref = status.tracked_ref or status.ref
     return _ignored(delivery, "other_ref", f"push to {refs}, not to the tracked ref {tracked_ref}")
+
+
+def _pass_on(change, delivery: Delivery) -> None:
+    """Tell the peers (with --peers); returns at once, the calls run in the fleet's pool."""
+    peers = services().peers
+    if peers is not None:
+        peers.fleet.notify(change.after, change.ref, delivery.delivery_id)
 
 
 def _read_capped_body(limit: int) -> bytes | None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hmac
 
-from flask import Blueprint, current_app, jsonify, render_template, request
+from flask import Blueprint, current_app, jsonify, render_template, request, url_for
 
 from . import services
 
@@ -79,7 +79,8 @@ def page():
     status = services().engine.status()
     response = current_app.make_response(render_template(
         "status.html", status=status.to_dict(),
-        refresh_ms=int(current_app.config["PAGE_REFRESH_SECONDS"] * 1000)))
+        refresh_ms=int(current_app.config["PAGE_REFRESH_SECONDS"] * 1000),
+        fleet_url=url_for("peers.fleet_view") if services().peers else None))
     response.headers["Cache-Control"] = "no-store"
     response.headers["Content-Security-Policy"] = PAGE_POLICY
     return response

@@ -6,6 +6,7 @@
   var body = document.body;
   var refreshMs = parseInt(body.dataset.refreshMs, 10) || 2000;
   var statusUrl = body.dataset.statusUrl || "/api/v1/status";
+  var fleetUrl = body.dataset.fleetUrl;   // set only when --peers is configured
 
   function $(id) { return document.getElementById(id); }
 
@@ -89,6 +90,35 @@
     drawHistory(status.history || []);
   }
 
+  function drawFleet(fleet) {
+    var rows = fleet.replicas.map(function (replica) {
+      var rollout = replica.rollout && replica.rollout.state;
+      return el("tr", { "class": replica.reachable ? "" : "unreachable" }, [
+        el("td", {}, [el("code", { text: replica.address })]),
+        el("td", {}, [el("code", { "class": "sha", title: replica.commit || "", text: short(replica.commit) })]),
+        el("td", {}, [el("code", { "class": "sha", title: replica.live_commit || "", text: short(replica.live_commit) })]),
+        el("td", { text: rollout || "–" }),
+        el("td", { "class": "fleet-error", text: replica.last_error || "" }),
+        el("td", { text: replica.reachable ? "yes" : "no" })
+      ]);
+    });
+    $("fleet").replaceChildren.apply($("fleet"), rows);
+    var badge = $("fleet-converged");
+    badge.textContent = fleet.converged ? "converged" : "not converged";
+    badge.className = "badge " + (fleet.converged ? "result-published" : "result-error");
+  }
+
+  function refreshFleet() {
+    fetch(fleetUrl, { cache: "no-store", headers: { Accept: "application/json" } })
+      .then(function (response) {
+        if (!response.ok) { throw new Error("HTTP " + response.status); }
+        return response.json();
+      })
+      .then(drawFleet)
+      .catch(function () { $("fleet-converged").textContent = "cannot ask the fleet"; })
+      .finally(function () { window.setTimeout(refreshFleet, refreshMs); });
+  }
+
   function refresh() {
     fetch(statusUrl, { cache: "no-store", headers: { Accept: "application/json" } })
       .then(function (response) {
@@ -111,4 +141,5 @@
   }
 
   window.setTimeout(refresh, refreshMs);
+  if (fleetUrl) { refreshFleet(); }
 }());
