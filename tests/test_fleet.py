@@ -10,7 +10,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from gitutil import wait_for
+from support.waiting import wait_for
 
 from gitsync.config import Peers
 from gitsync.fleet import (

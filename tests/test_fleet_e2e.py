@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 import requests
-from apiutil import FORGE_BY_NAME, SECRET
-from gitutil import wait_for
+from support.api import FORGE_BY_NAME, SECRET
+from support.waiting import wait_for
 
 from gitsync.fleet import SIGNATURE_HEADER, TIMESTAMP_HEADER, signed_headers
 
@@ -289,7 +289,7 @@ def test_a_flood_of_valid_calls_starts_only_rate_limited_syncs(fleet, remote):
 
 
 def test_without_peers_the_fleet_endpoints_are_off(tmp_path, remote, gitsync):
-    from apiutil import served_port
+    from support.api import served_port
     proc = gitsync("--repo", remote.url, "--root", str(tmp_path / "solo"), "--http-bind",
                    "127.0.0.1:0", "--period", "60s")
     port = wait_for(lambda: served_port(lambda: proc.output), message="the API")

@@ -4,7 +4,7 @@ on real replicas (see test_fleet_e2e.py)."""
 from __future__ import annotations
 
 import requests
-from gitutil import wait_for
+from support.waiting import wait_for
 from test_api_page import browser  # noqa: F401  (fixture; the module skips without Chromium)
 from test_fleet_e2e import addresses, fleet, push, wait_all_on  # noqa: F401  (fixture)
 
@@ -37,7 +37,7 @@ def test_the_page_shows_the_fleet(fleet, remote, browser):  # noqa: F811
 
 
 def test_without_peers_the_page_has_no_fleet_table(tmp_path, remote, gitsync):
-    from apiutil import served_port
+    from support.api import served_port
     proc = gitsync("--repo", remote.url, "--root", str(tmp_path / "solo"), "--http-bind",
                    "127.0.0.1:0", "--period", "60s")
     port = wait_for(lambda: served_port(lambda: proc.output), message="the API")
