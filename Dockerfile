@@ -8,22 +8,54 @@
 # filesystem with a writable /tmp (HOME) mounted in: see k8s/.
 
 # ---------------------------------------------------------------------------
-# build: one virtual environment holding gitsync and its dependencies. The
-# runtime stages copy it whole, so they carry no pip cache, wheel or build tool.
-# Bytecode is compiled here, since the runtime root filesystem is read-only.
-FROM python:3.11-slim-bookworm AS build
+# source: the package's files, shared by the build stages below. Each build
+# stage makes one virtual environment that a runtime stage copies whole, so the
+# images carry no pip cache, wheel or build tool. Bytecode is compiled at
+# install, since the runtime root filesystem is read-only.
+FROM python:3.11-slim-bookworm AS source
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
-RUN python -m venv /opt/venv
 COPY pyproject.toml README.md ./
 COPY gitsync/ gitsync/
 COPY webhook/ webhook/
-RUN /opt/venv/bin/pip install --no-cache-dir .
 
-# build-demo: the same environment plus what the demo app itself imports.
-FROM build AS build-demo
+# build: the sidecar's environment, gitsync with all its dependencies.
+FROM source AS build
+RUN python -m venv /opt/venv \
+ && /opt/venv/bin/pip install --no-cache-dir .
+
+# build-reload: what gitsync-reload alone needs: the gitsync package without the
+# sidecar's dependencies (GitPython, Flask, waitress, ...), plus watchfiles, the
+# one gitsync-reload imports (the same version range as in pyproject.toml).
+FROM source AS build-reload
+RUN python -m venv /opt/venv \
+ && /opt/venv/bin/pip install --no-cache-dir --no-deps . \
+ && /opt/venv/bin/pip install --no-cache-dir "watchfiles>=0.21,<2" \
+ && rm /opt/venv/bin/gitsync
+
+# build-demo: gitsync-reload plus what the demo app itself imports. A Python
+# package, not the standalone executable: --preload runs in the app's own
+# interpreter, which the package's gitsync-reload starts.
+FROM build-reload AS build-demo
 COPY demo-app/requirements.txt /src/demo-app/requirements.txt
 RUN /opt/venv/bin/pip install --no-cache-dir -r /src/demo-app/requirements.txt
+
+# build-standalone: gitsync-reload as one self-contained executable (PyInstaller
+# one-file: Python and the modules it imports inside), for app images in any
+# language with no Python of their own (glibc-based: Debian, Ubuntu, UBI ...).
+# binutils: PyInstaller reads the libraries it bundles with objdump.
+FROM build-reload AS build-standalone
+# No apt version pins (DL3008): see the gitsync stage below.
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends binutils \
+ && rm -rf /var/lib/apt/lists/*
+RUN /opt/venv/bin/pip install --no-cache-dir pyinstaller==6.22.3
+COPY freeze/gitsync-reload.py freeze/
+RUN /opt/venv/bin/pyinstaller --onefile --noconfirm --log-level WARN --name gitsync-reload \
+        --distpath /opt/gitsync/bin --workpath /tmp/pyinstaller --specpath /tmp/pyinstaller \
+        freeze/gitsync-reload.py \
+ && /opt/gitsync/bin/gitsync-reload --help >/dev/null
 
 # ---------------------------------------------------------------------------
 # runtime: what both images share. A named user for uid 65532, because ssh
@@ -48,6 +80,8 @@ RUN groupadd --system --gid 65532 gitsync \
 # SIGINT, because waitress drains in-flight requests on it (not on SIGTERM);
 # --listen keeps port 8000 open across restarts, and --preload runs each start
 # in an interpreter that has imported Flask and waitress ahead of the flip.
+# The image holds the demo's own dependencies and gitsync-reload, none of the
+# sidecar's (build-demo above).
 # git is here only for the demo page, which shows the commit's subject and
 # author (`git log`).
 FROM runtime AS demo
@@ -74,6 +108,9 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates git openssh-client \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=build /opt/venv /opt/venv
+# For app containers: an init container copies it into an emptyDir the app
+# mounts (k8s/overlays/any-language, docs/containers.md).
+COPY --from=build-standalone /opt/gitsync/bin/gitsync-reload /opt/gitsync/bin/gitsync-reload
 WORKDIR /tmp
 USER 65532:65532
 EXPOSE 8080
