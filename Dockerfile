@@ -3,6 +3,8 @@
 # Two images from one file:
 #   docker build -t gitsync:0.1.0 .                            # the sidecar (default, last stage)
 #   docker build --target demo -t gitsync-demo:0.1.0 .         # the demo app's runtime, under gitsync-reload
+# The sidecar image also carries gitsync-reload as one standalone executable, for
+# app images in any language (docs/containers.md).
 #
 # Both run as the numeric non-root user 65532 and expect a read-only root
 # filesystem with a writable /tmp (HOME) mounted in: see k8s/.
@@ -34,15 +36,17 @@ RUN python -m venv /opt/venv \
  && rm /opt/venv/bin/gitsync
 
 # build-demo: gitsync-reload plus what the demo app itself imports. A Python
-# package, not the standalone executable: --preload runs in the app's own
-# interpreter, which the package's gitsync-reload starts.
+# package, not the standalone executable: --preload needs gitsync-reload's own
+# Python package (the standalone one refuses it). pip and setuptools go last:
+# nothing in the app container installs anything.
 FROM build-reload AS build-demo
 COPY demo-app/requirements.txt /src/demo-app/requirements.txt
-RUN /opt/venv/bin/pip install --no-cache-dir -r /src/demo-app/requirements.txt
+RUN /opt/venv/bin/pip install --no-cache-dir -r /src/demo-app/requirements.txt \
+ && /opt/venv/bin/pip uninstall --yes --quiet pip setuptools
 
 # build-standalone: gitsync-reload as one self-contained executable (PyInstaller
 # one-file: Python and the modules it imports inside), for app images in any
-# language with no Python of their own (glibc-based: Debian, Ubuntu, UBI ...).
+# language with no Python of their own (glibc 2.36 or newer, as bookworm has).
 # binutils: PyInstaller reads the libraries it bundles with objdump.
 FROM build-reload AS build-standalone
 # No apt version pins (DL3008): see the gitsync stage below.

@@ -20,12 +20,10 @@ Skipped, with the install command, where podman or root is missing; in CI
 
 from __future__ import annotations
 
-import os
-import shutil
-import threading
-import time
-import urllib.request
 import json
+import os
+import threading
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -199,6 +197,9 @@ def test_base_pod_publishes_pushes_and_survives_a_sidecar_kill(images, resources
     assert None not in watch.answers, f"the app failed {watch.answers.count(None)} of {len(watch.answers)} requests"
     assert watch.commits() == [second, third], watch.commits()
     assert http_status(pod.probe_url("gitsync", "livenessProbe")) == 200
+    # --preload works in the slimmer demo image: each new commit started in a warm interpreter.
+    logs = pod.logs("app")
+    assert f"(GITSYNC_HASH={third}, warm)" in logs, logs
 
 
 # --- any language: the standalone gitsync-reload in a Node image -------------------
