@@ -10,53 +10,60 @@
 # filesystem with a writable /tmp (HOME) mounted in: see k8s/.
 
 # ---------------------------------------------------------------------------
-# source: the package's files, shared by the build stages below. Each build
-# stage makes one virtual environment that a runtime stage copies whole, so the
-# images carry no pip cache, wheel or build tool. Bytecode is compiled at
-# install, since the runtime root filesystem is read-only.
-FROM python:3.11-slim-bookworm AS source
+# requirements: pyproject.toml's dependencies as a requirements file. Each
+# build stage below makes one virtual environment that a runtime stage copies
+# whole (so the images carry no pip cache, wheel or build tool), and installs
+# the dependencies before it copies the code: a change to the code reuses
+# those layers. Bytecode is compiled at install: the runtime root filesystem
+# is read-only.
+FROM python:3.11-slim-bookworm AS requirements
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 COPY pyproject.toml README.md ./
-COPY gitsync/ gitsync/
-COPY webhook/ webhook/
+RUN python -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"], sep="\n")' \
+        > requirements.txt \
+ && grep '^watchfiles' requirements.txt > reload-requirements.txt
 
 # build: the sidecar's environment, gitsync with all its dependencies.
-FROM source AS build
+FROM requirements AS build
 RUN python -m venv /opt/venv \
- && /opt/venv/bin/pip install --no-cache-dir .
+ && /opt/venv/bin/pip install --no-cache-dir -r requirements.txt
+COPY gitsync/ gitsync/
+COPY webhook/ webhook/
+RUN /opt/venv/bin/pip install --no-cache-dir --no-deps .
 
-# build-reload: what gitsync-reload alone needs: the gitsync package without the
-# sidecar's dependencies (GitPython, Flask, waitress, ...), plus watchfiles, the
-# one gitsync-reload imports (the same version range as in pyproject.toml).
-FROM source AS build-reload
+# build-demo: what the demo app imports, and gitsync-reload: the gitsync
+# package without the sidecar's dependencies (GitPython, Flask for the API,
+# requests ...), plus watchfiles, the one gitsync-reload imports. The Python
+# package, not the standalone executable: --preload needs it. pip and
+# setuptools go last: nothing in the app container installs anything.
+FROM requirements AS build-demo
+COPY demo-app/requirements.txt demo-app/requirements.txt
 RUN python -m venv /opt/venv \
- && /opt/venv/bin/pip install --no-cache-dir --no-deps . \
- && /opt/venv/bin/pip install --no-cache-dir "watchfiles>=0.21,<2" \
- && rm /opt/venv/bin/gitsync
-
-# build-demo: gitsync-reload plus what the demo app itself imports. A Python
-# package, not the standalone executable: --preload needs gitsync-reload's own
-# Python package (the standalone one refuses it). pip and setuptools go last:
-# nothing in the app container installs anything.
-FROM build-reload AS build-demo
-COPY demo-app/requirements.txt /src/demo-app/requirements.txt
-RUN /opt/venv/bin/pip install --no-cache-dir -r /src/demo-app/requirements.txt \
+ && /opt/venv/bin/pip install --no-cache-dir -r reload-requirements.txt -r demo-app/requirements.txt
+COPY gitsync/ gitsync/
+COPY webhook/ webhook/
+RUN /opt/venv/bin/pip install --no-cache-dir --no-deps . \
+ && rm /opt/venv/bin/gitsync \
  && /opt/venv/bin/pip uninstall --yes --quiet pip setuptools
 
 # build-standalone: gitsync-reload as one self-contained executable (PyInstaller
 # one-file: Python and the modules it imports inside), for app images in any
 # language with no Python of their own (glibc 2.36 or newer, as bookworm has).
 # binutils: PyInstaller reads the libraries it bundles with objdump.
-FROM build-reload AS build-standalone
+FROM requirements AS build-standalone
 # No apt version pins (DL3008): see the gitsync stage below.
 # hadolint ignore=DL3008
 RUN apt-get update \
  && apt-get install -y --no-install-recommends binutils \
  && rm -rf /var/lib/apt/lists/*
-RUN /opt/venv/bin/pip install --no-cache-dir pyinstaller==6.22.3
+RUN python -m venv /opt/venv \
+ && /opt/venv/bin/pip install --no-cache-dir -r reload-requirements.txt pyinstaller==6.22.3
+COPY gitsync/ gitsync/
+COPY webhook/ webhook/
 COPY freeze/gitsync-reload.py freeze/
-RUN /opt/venv/bin/pyinstaller --onefile --noconfirm --log-level WARN --name gitsync-reload \
+RUN /opt/venv/bin/pip install --no-cache-dir --no-deps . \
+ && /opt/venv/bin/pyinstaller --onefile --noconfirm --log-level WARN --name gitsync-reload \
         --distpath /opt/gitsync/bin --workpath /tmp/pyinstaller --specpath /tmp/pyinstaller \
         freeze/gitsync-reload.py \
  && /opt/gitsync/bin/gitsync-reload --help >/dev/null
