@@ -15,13 +15,17 @@ fails on these hosts' hybrid cgroups, and rlimits no higher than the host allows
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import shutil
 import subprocess
 import tarfile
 import tempfile
+import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 CACHE = Path(os.environ.get("GITSYNC_TEST_CACHE", "/var/cache/gitsync-tests"))
@@ -33,6 +37,7 @@ HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 PACKAGES = ("podman", "runc", "catatonit", "debootstrap")
 INSTALL_HINT = f"apt-get install {' '.join(PACKAGES)} (as root)"
 BUILD_TIMEOUT = 900  # a cold build downloads Debian packages and wheels
+LOCK_WAIT = 1200.0  # another checkout's pod tests, cold, may hold the machine this long
 CONTAINERS_CONF = """\
 [containers]
 default_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]
@@ -57,6 +62,22 @@ def environment() -> dict[str, str]:
     if not conf.is_file() or conf.read_text() != CONTAINERS_CONF:
         conf.write_text(CONTAINERS_CONF)
     return {**os.environ, "CONTAINERS_CONF": str(conf)}
+
+
+@contextmanager
+def machine_lock() -> Iterator[None]:
+    """One pod-test run at a time on a machine: the base images and image tags are shared."""
+    CACHE.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + LOCK_WAIT
+    with open(CACHE / "lock", "w") as lock:
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                assert time.monotonic() < deadline, f"{CACHE / 'lock'}: another pod-test run held it {LOCK_WAIT}s"
+                time.sleep(0.5)
+        yield  # closing the file releases the lock
 
 
 def podman(*args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess:

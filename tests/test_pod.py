@@ -40,6 +40,7 @@ DEMO_APP = ROOT / "demo-app"
 NODE_APP = Path(__file__).resolve().parent / "images" / "node-app"
 TAG = "localhost/gitsync-test/{}:latest"
 UID = 65532
+REQUEST_TIMEOUT = 10.0
 LIVE_DEADLINE = 60.0  # push -> webhook -> fetch -> publish -> the app restarted, on a loaded machine
 GITHUB = FORGE_BY_NAME["github"]
 
@@ -47,23 +48,25 @@ pytestmark = pytest.mark.timeout(1200)  # a cold cache builds three images
 
 
 @pytest.fixture(scope="module")
-def images() -> dict[str, str]:
-    """The manifests' image names -> local tags, built (or found in the layer cache)."""
+def images():
+    """The manifests' image names -> local tags, built (or found in the layer cache),
+    held for this module: a run from another checkout waits, rather than retag them."""
     reason = podutil.missing()
     if reason:
         if os.environ.get("CI") == "true":
             pytest.fail(f"CI must run the pod tests: {reason}")
         pytest.skip(reason)
-    podutil.ensure_base_images()
-    built = {
-        "gitsync": TAG.format("gitsync"),
-        "gitsync-demo": TAG.format("gitsync-demo"),
-        "demo-node-app": TAG.format("demo-node-app"),
-    }
-    podutil.build(built["gitsync"], ROOT, target="gitsync")
-    podutil.build(built["gitsync-demo"], ROOT, target="demo")
-    podutil.build(built["demo-node-app"], NODE_APP.parent, file=NODE_APP.parent / "node-app.Containerfile")
-    return built
+    with podutil.machine_lock():
+        podutil.ensure_base_images()
+        built = {
+            "gitsync": TAG.format("gitsync"),
+            "gitsync-demo": TAG.format("gitsync-demo"),
+            "demo-node-app": TAG.format("demo-node-app"),
+        }
+        podutil.build(built["gitsync"], ROOT, target="gitsync")
+        podutil.build(built["gitsync-demo"], ROOT, target="demo")
+        podutil.build(built["demo-node-app"], NODE_APP.parent, file=NODE_APP.parent / "node-app.Containerfile")
+        yield built
 
 
 @pytest.fixture
@@ -108,9 +111,9 @@ def announce_push(pod: PodRun, remote: Remote, sha: str) -> None:
         assert response.status == 202, response.status
 
 
-def served(url: str) -> dict | None:
+def served(url: str, timeout: float = 2.0) -> dict | None:
     try:
-        with urllib.request.urlopen(url, timeout=2) as response:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
             return json.loads(response.read())
     except (OSError, ValueError):
         return None
@@ -144,7 +147,8 @@ class Watch:
 
     def run(self) -> None:
         while not self.stopping.wait(0.02):
-            answer = served(self.url)
+            # A slow answer on a loaded machine is an answer; a refused connection is not.
+            answer = served(self.url, timeout=REQUEST_TIMEOUT)
             self.answers.append(answer.get("commit") if answer else None)
 
     def commits(self) -> list[str]:
@@ -188,7 +192,10 @@ def test_base_pod_publishes_pushes_and_survives_a_sidecar_kill(images, resources
     with Watch(app_url) as watch:
         pod.kill("gitsync")
         # The app serves the published tree while nothing syncs.
-        wait_for(lambda: len(watch.answers) >= 20, timeout=30, message="the app to answer while gitsync is down")
+        answered = len(watch.answers)
+        wait_for(lambda: len(watch.answers) >= answered + 20, timeout=60,
+                 message="the app to answer while gitsync is down")
+        assert pod.exited("gitsync")
         pod.restart("gitsync")
         third = remote.commit_and_push({"demo-app/message.txt": "third\n"}, "third")
         announce_push(pod, remote, third)
