@@ -21,7 +21,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from gitutil import wait_for
+from support.waiting import wait_for
 from podutil import Resources, podman
 
 PROBE_TIMEOUT = 2.0

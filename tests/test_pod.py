@@ -29,9 +29,11 @@ from pathlib import Path
 import pytest
 
 import podutil
-from apiutil import FORGE_BY_NAME, SECRET, free_port
-from gitservers import SmartHttpServer
-from gitutil import Remote, wait_for
+from support.api import FORGE_BY_NAME, SECRET
+from support.ports import free_port
+from support.repos import Remote
+from support.servers import SmartHttpServer
+from support.waiting import wait_for
 from podrun import PodRun, http_status
 from test_k8s import pod_spec
 
