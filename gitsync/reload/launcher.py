@@ -20,6 +20,7 @@ from gitsync.durations import format_duration
 
 from .child import Child
 from .config import ReloadConfig
+from .output import OutputTail
 from .spare import Spare
 from .systemd import NoActivation
 
@@ -44,7 +45,7 @@ class ColdLauncher:
         self.fatal: str | None = None  # why gitsync-reload must give up (exit 2)
 
     def start(self, tree: str) -> Child:
-        """Start CMD in tree, with GITSYNC_HASH and (--listen) its own NOTIFY_SOCKET."""
+        """Start CMD in tree, with GITSYNC_HASH and its own NOTIFY_SOCKET."""
         notices, environ = self.activation.prepare()
         try:
             process, warm = self.launch(tree, {"GITSYNC_HASH": os.path.basename(tree), **environ})
@@ -52,18 +53,19 @@ class ColdLauncher:
             if notices is not None:
                 notices.close()
             raise
-        return Child(process, tree, time.monotonic(), notices, warm=warm)
+        output = OutputTail(process) if process.stdout is not None else None  # --report-output, cold
+        return Child(process, tree, time.monotonic(), notices, warm=warm, output=output)
 
     def base_environ(self) -> dict[str, str]:
         return self.activation.base_environ(self.config.environ)
 
     def launch(self, tree: str, environ: Mapping[str, str]) -> tuple[subprocess.Popen, bool]:
-        process = procs.spawn_group(
-            (*self.activation.shim, *self.config.command),
-            cwd=tree,
-            env={**self.base_environ(), **environ},
-            pass_fds=self.activation.pass_fds,
-        )
+        argv, env = (*self.activation.shim, *self.config.command), {**self.base_environ(), **environ}
+        if not self.config.report_output:
+            return procs.spawn_group(argv, cwd=tree, env=env, pass_fds=self.activation.pass_fds), False
+        # As procs.spawn_group, with pipes that output.py passes on and keeps the tail of.
+        process = subprocess.Popen(argv, cwd=tree, env=env, start_new_session=True,
+                                   pass_fds=self.activation.pass_fds, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         return process, False
 
     def tend(self) -> None:
