@@ -46,6 +46,7 @@ class Supervisor:
         self.watcher = LinkWatcher(config.link, self.should_exit)
         self.debounce = Debounce(config.debounce)
         self.waiting_logged = False
+        self.publish()  # the API answers from the first request on
 
     @property
     def fatal(self) -> str | None:
