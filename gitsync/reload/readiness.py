@@ -76,7 +76,7 @@ class Readiness:
             child.probe = ReadyProbe(self.url)
         ran_for = child.ran_for()
         if child.ready:
-            return True, f"pid {child.pid} sent READY=1"
+            return True, f"pid {child.pid} is ready"
         if child.probe is not None and child.probe.ok.is_set():
             return True, f"pid {child.pid} answers {self.url}"
         if self.after is not None and ran_for >= self.after:
