@@ -61,6 +61,10 @@ With --listen the command gets the socket as fd 3 with LISTEN_FDS=1 and LISTEN_P
 (its own pid), and NOTIFY_SOCKET, a datagram socket to send READY=1 to once it
 serves. A new command that exits before it is ready leaves the old one serving.
 
+Every command gets NOTIFY_SOCKET; READY=1 there marks it ready (so do --ready-url
+and --ready-after). GET http://127.0.0.1:9101/api/v1/status (--status-bind) says what
+runs, what is starting, and why the last start failed.
+
 With --preload, CMD must be `python [OPTIONS] SCRIPT` or `python [OPTIONS] -m MODULE`.
 One spare interpreter (CMD's python) imports the modules ahead of time and waits; each
 start runs the script in it, in the new tree, and a new spare follows. List installed
