@@ -365,3 +365,28 @@ def _listening_ports(pid: int) -> list[str]:
             if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
                 ports.append(fields[1])
     return ports
+
+
+def test_a_step_before_the_command_that_fails_is_a_failed_attempt(trees):
+    """The hook a step before the command (preparing a new tree) reports through: the
+    launcher raises StartFailed; the loop records the attempt and retries with the back-off."""
+    from gitsync.reload.launcher import ColdLauncher, StartFailed
+    from gitsync.reload.supervisor import Supervisor
+    from gitsync.reload.systemd import NoActivation
+
+    class FailingStep(ColdLauncher):
+        def start(self, tree: str):
+            raise StartFailed("prepare failed: npm ERR! missing script: build", output="npm ERR! missing script: build")
+
+    sha = make(trees)
+    trees.flip(sha)
+    config = build_config(["--link", str(trees.link), "--", sys.executable, "-c", "pass"], {})
+    supervisor = Supervisor(config, NoActivation())
+    supervisor.launcher = FailingStep(config, supervisor.activation, supervisor.should_exit)
+    supervisor.start()
+    supervisor.publish()
+    status = supervisor.board.read()
+    assert (status["state"], status["commit"], status["target"]) == ("failed", None, sha)
+    assert status["attempt"] == {"commit": sha, "state": "failed", "reason": "prepare failed: npm ERR! missing script: build",
+                                 "output": "npm ERR! missing script: build"}
+    assert supervisor.record.backoff.due is not None  # retried with the crash back-off

@@ -1,7 +1,7 @@
 """How a command is started: cold (a fresh process in its own group) or warm (--preload:
 in a spare interpreter that imported the modules beforehand, cold when there is none).
 
-Interface the loop uses: `start(tree)` -> Child, raising OSError or NotStarted;
+Interface the loop uses: `start(tree)` -> Child, raising OSError, StartFailed or NotStarted;
 `tend()` every tick; `child_ready()` when a command sent READY=1; `processes()` (its
 own children, for reaping); `close()`; `fatal` once it gave up.
 """
@@ -33,6 +33,16 @@ WARM_WAIT = 10.0  # a start waits this long for a spare still importing, then st
 
 class NotStarted(Exception):
     """A start was called off: gitsync-reload is exiting."""
+
+
+class StartFailed(Exception):
+    """A step before the command failed (e.g. preparing the tree): the loop records a failed
+    attempt with this one-line reason (and output) and retries with the crash back-off."""
+
+    def __init__(self, reason: str, output: str | None = None):
+        super().__init__(reason)
+        self.reason = reason
+        self.output = output
 
 
 class ColdLauncher:

@@ -133,7 +133,7 @@ class HandOff(Restart):
         if verdict is not None and verdict[0]:
             self.take_over(verdict[1])
         elif record.serving is None:  # the old one ended meanwhile: nothing better to serve
-            self.take_over(f"pid {starting.pid} is the only one left")
+            self.take_over(f"pid {starting.pid} is the only one left", ready=False)
         elif verdict is not None:
             self.not_ready(starting, verdict[1])
 
@@ -148,11 +148,13 @@ class HandOff(Restart):
         record.attempt_failed(starting.sha, reason, output)
         self.schedule_retry(starting.ran_for())
 
-    def take_over(self, reason: str) -> None:
-        """The new command serves from now on; the old one stops, finishing its requests."""
+    def take_over(self, reason: str, ready: bool = True) -> None:
+        """The new command serves from now on; the old one stops, finishing its requests.
+        Not `ready`: it serves for want of another, and is still checked (notice_serving_ready)."""
         record = self.record
         old, record.serving, record.starting = record.serving, record.starting, None
-        record.became_ready(record.serving)
+        if ready:
+            record.became_ready(record.serving)
         if old is None:
             logger.info("%s", reason)
             return

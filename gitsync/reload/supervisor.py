@@ -20,7 +20,7 @@ from gitsync.durations import format_duration
 
 from .child import Stopper
 from .config import ReloadConfig
-from .launcher import NotStarted, launcher_for
+from .launcher import NotStarted, StartFailed, launcher_for
 from .record import Record
 from .rollover import rollover_for, stop_signal
 from .status import Board
@@ -164,6 +164,11 @@ class Supervisor:
         try:
             child = self.launcher.start(tree)
         except NotStarted:
+            return
+        except StartFailed as failed:
+            logger.error("cannot start %s in %s: %s", self.config.command[0], tree, failed.reason)
+            self.record.attempt_failed(os.path.basename(tree), failed.reason, failed.output)
+            self.schedule_restart(ran_for=0.0)
             return
         except OSError as error:
             logger.error("cannot start %s in %s: %s", self.config.command[0], tree, error)
