@@ -390,3 +390,18 @@ def test_a_step_before_the_command_that_fails_is_a_failed_attempt(trees):
     assert status["attempt"] == {"commit": sha, "state": "failed", "reason": "prepare failed: npm ERR! missing script: build",
                                  "output": "npm ERR! missing script: build"}
     assert supervisor.record.backoff.due is not None  # retried with the crash back-off
+
+
+def test_signal_only_reports_the_commit_it_was_told_to_reload_into(trees, start_reload):
+    first, second = trees.make(), trees.make()
+    trees.flip(first)
+    reloader = start_reload("--link", str(trees.link), "--signal-only", "--status-bind", "127.0.0.1:0",
+                            args=("--handle-signals",))
+    api = Api(reloader)
+    pid = api.wait("ready", is_state("ready", first))["pid"]
+    trees.flip(second)
+    assert api.wait("the new commit", is_state("ready", second))["pid"] == pid
+    wait_for(lambda: len(reloader.records("SIGHUP")) == 1, "one SIGHUP", reloader=reloader)
+    trees.flip(first)  # back: it must be told again, it runs the second commit now
+    wait_for(lambda: len(reloader.records("SIGHUP")) == 2, "a second SIGHUP", reloader=reloader)
+    assert api.wait("the first commit again", is_state("ready", first))["pid"] == pid

@@ -36,6 +36,12 @@ class Child:
     probe: ReadyProbe | None = None  # --ready-url: polls the URL until it answers 2xx
     warm: bool = False  # it runs in a spare interpreter that had the --preload modules imported
     stop_by: float | None = None  # once told to stop: when it gets SIGKILL
+    reloaded: str | None = None  # (--signal-only) the tree it was last told to reload into
+
+    @property
+    def runs(self) -> str:
+        """The tree whose code it runs: where it started, or where it reloaded into."""
+        return self.reloaded or self.tree
 
     @property
     def pid(self) -> int:

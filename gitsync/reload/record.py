@@ -12,6 +12,7 @@ same calls: `attempt_starting(commit)`, then `attempt_failed(commit, reason, out
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -92,6 +93,8 @@ class Record:
 
     def became_ready(self, child: Child) -> None:
         child.counted = True
+        if child.probe is not None:
+            child.probe.stop.set()  # READY=1 may come first: stop polling the app
         # Ready in the newest tree: whatever failed before it is behind us.
         if self.attempt is not None and (self.attempt.commit == child.sha or child.tree == self.tree):
             self.attempt = None
@@ -123,7 +126,7 @@ class Record:
         """What GET /api/v1/status shows, taken by the loop (the only writer)."""
         serving = self.serving
         return {
-            "commit": serving.sha if serving is not None else None,
+            "commit": os.path.basename(serving.runs) if serving is not None else None,
             "state": self.state(),
             "pid": serving.pid if serving is not None else None,
             "target": self.target,

@@ -95,7 +95,9 @@ class SignalOnly(Restart):
                     os.path.basename(tree), self.config.signal.name, serving.pid)
         if serving.process.poll() is None:
             os.kill(serving.pid, self.config.signal)
-        self.record.tree = tree
+        # It reloads into the new tree itself: from now on that is the commit it runs
+        # (and a flip back to the old one must signal it again).
+        self.record.tree = serving.reloaded = tree
         return False
 
 

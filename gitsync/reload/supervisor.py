@@ -140,7 +140,7 @@ class Supervisor:
             self.record.backoff.due = None
         if self.record.serving is None:
             return  # start_due(): nothing runs, so it starts at once
-        if tree == self.record.serving.tree:
+        if tree == self.record.serving.runs:
             self.rollover.back_to_serving(tree)  # e.g. a rollback while the new one crash-loops
             return
         if self.rollover.follow(tree):
