@@ -31,8 +31,9 @@ def run(argv: Sequence[str], environ: Mapping[str, str]) -> int:
     try:
         server = open_status_server(config, board)
     except OSError as error:
-        host, port = config.status_bind
-        print(f"{PROG}: error: --status-bind {host}:{port}: cannot listen: {error.strerror or error}", file=sys.stderr)
+        host, port = config.status_bind or ("", 0)
+        print(f"{PROG}: error: --status-bind {host}:{port}: cannot listen: {error.strerror or error}",
+              file=sys.stderr)
         return 1
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {PROG} %(levelname)s %(message)s")
     logging.getLogger("watchfiles").setLevel(logging.WARNING)  # it logs every batch at INFO

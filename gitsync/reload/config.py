@@ -119,7 +119,8 @@ OPTIONS: tuple[Option, ...] = (
            metavar="HOST:PORT", default_text="off: CMD binds its own port"),
     Option("--ready-timeout", parse_seconds, DEFAULT_READY_TIMEOUT, "with --listen: stop the old CMD when "
            "the new one sends READY=1 to $NOTIFY_SOCKET, or after this long; with --ready-url or "
-           "--ready-after: a CMD not ready by then is a failed attempt (with --listen the old one goes on serving)"),
+           "--ready-after: a CMD not ready by then is a failed attempt (with --listen the old one "
+           "goes on serving)"),
     Option("--status-bind", parse_host_port, DEFAULT_STATUS_BIND, "serve GET /api/v1/status here (what runs, "
            "what starts, why it failed); empty turns it off; port 0 picks a free port (logged)",
            metavar="HOST:PORT", default_text="127.0.0.1:9101"),
@@ -128,8 +129,8 @@ OPTIONS: tuple[Option, ...] = (
            default_text="off: READY=1, or (without --listen) up for 1s"),
     Option("--ready-after", parse_seconds, None, "a new CMD is ready once it has stayed up this long "
            "(besides READY=1)", default_text="off"),
-    Option("--report-output", parse_bool, False, "keep the last lines of CMD's stdout and stderr (still passed "
-           "through) and show them in the status when it fails"),
+    Option("--report-output", parse_bool, False, "keep the last lines of CMD's stdout and stderr (still "
+           "passed through) and show them in the status when it fails"),
     Option("--preload", parse_modules, (), "for CMD `python SCRIPT` or `python -m MODULE`: keep one "
            "interpreter ready that has imported these installed packages (e.g. flask,waitress), and run "
            "the next start in it", metavar="MODULE,...", default_text="none: every start is a fresh interpreter"),

@@ -75,7 +75,8 @@ class ColdLauncher:
             return procs.spawn_group(argv, cwd=tree, env=env, pass_fds=self.activation.pass_fds), False
         # As procs.spawn_group, with pipes that output.py passes on and keeps the tail of.
         process = subprocess.Popen(argv, cwd=tree, env=env, start_new_session=True,
-                                   pass_fds=self.activation.pass_fds, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                                   pass_fds=self.activation.pass_fds, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE)
         return process, False
 
     def tend(self) -> None:

@@ -82,7 +82,9 @@ class Readiness:
         if self.after is not None and ran_for >= self.after:
             return True, f"pid {child.pid} stayed up {format_duration(self.after)}"
         if self.strict:
-            return (False, f"not ready after {format_duration(self.timeout)}") if ran_for >= self.timeout else None
+            if ran_for >= self.timeout:
+                return False, f"not ready after {format_duration(self.timeout)}"
+            return None
         if self.listen:  # today's hand-off: take over after the timeout anyway
             if ran_for >= self.timeout:
                 return True, f"pid {child.pid} sent no READY=1 in {format_duration(self.timeout)}"

@@ -136,6 +136,7 @@ class Record:
 
     def trees(self) -> list[dict]:
         """Every tree a command of ours runs in: none of them may be removed."""
-        roles = [("serving", self.serving), ("starting", self.starting)] + [("draining", c) for c in self.draining]
+        roles = [("serving", self.serving), ("starting", self.starting)]
+        roles += [("draining", child) for child in self.draining]
         return [{"role": role, "commit": child.sha, "path": child.tree, "pid": child.pid}
                 for role, child in roles if child is not None]

@@ -42,14 +42,14 @@ class Restart:
         self.record.status = self.stopper.end(serving)
         return True
 
-    def back_to_serving(self, tree: str) -> None:
+    def back_to_serving(self, serving: Child, tree: str) -> None:
         """The link moved back to the serving command's tree: stop whatever started since."""
-        record = self.record
+        record, starting = self.record, self.record.starting
         logger.info("link moved back to %s, which pid %s serves; nothing to restart",
-                    os.path.basename(tree), record.serving.pid)
-        if record.starting is not None:
-            logger.info("stopping pid %s (%s), which is not needed any more", record.starting.pid, record.starting.sha)
-            self.drain(record.starting)
+                    os.path.basename(tree), serving.pid)
+        if starting is not None:
+            logger.info("stopping pid %s (%s), which is not needed any more", starting.pid, starting.sha)
+            self.drain(starting)
             record.starting = None
         record.tree, record.backoff.due = tree, None
         record.back_to_serving()
@@ -137,13 +137,13 @@ class HandOff(Restart):
         elif record.serving is None:  # the old one ended meanwhile: nothing better to serve
             self.take_over(f"pid {starting.pid} is the only one left", ready=False)
         elif verdict is not None:
-            self.not_ready(starting, verdict[1])
+            self.not_ready(starting, record.serving, verdict[1])
 
-    def not_ready(self, starting: Child, reason: str) -> None:
+    def not_ready(self, starting: Child, serving: Child, reason: str) -> None:
         """A failed attempt: the old command goes on serving, the new one stops (drained)."""
         record = self.record
         logger.warning("pid %s (%s) %s; pid %s (%s) goes on serving", starting.pid, starting.sha, reason,
-                       record.serving.pid, record.serving.sha)
+                       serving.pid, serving.sha)
         output = starting.output.text(wait=0) if starting.output is not None else None
         record.starting = None
         self.drain(starting)
@@ -154,9 +154,12 @@ class HandOff(Restart):
         """The new command serves from now on; the old one stops, finishing its requests.
         Not `ready`: it serves for want of another, and is still checked (notice_serving_ready)."""
         record = self.record
-        old, record.serving, record.starting = record.serving, record.starting, None
+        old, new = record.serving, record.starting
+        if new is None:
+            return
+        record.serving, record.starting = new, None
         if ready:
-            record.became_ready(record.serving)
+            record.became_ready(new)
         if old is None:
             logger.info("%s", reason)
             return

@@ -141,7 +141,8 @@ class Supervisor:
         if self.record.serving is None:
             return  # start_due(): nothing runs, so it starts at once
         if tree == self.record.serving.runs:
-            self.rollover.back_to_serving(tree)  # e.g. a rollback while the new one crash-loops
+            # e.g. a rollback while the new one crash-loops: the one serving goes on
+            self.rollover.back_to_serving(self.record.serving, tree)
             return
         if self.rollover.follow(tree):
             self.start()
