@@ -224,8 +224,10 @@ def test_a_command_that_exits_1_is_a_failed_attempt_and_each_failed_start_is_rep
     attempt = failed["attempt"]
     assert (attempt["commit"], attempt["state"], attempt["reason"]) == (broken, "failed", "exited 1")
     if report_output:
-        assert attempt["output"].splitlines() == [
-            f"app {broken[:7]} starts in mode exit1", '  File "app.py", line 3', "SyntaxError: invalid syntax"]
+        lines = attempt["output"].splitlines()  # stdout and stderr: each in order, read side by side
+        assert sorted(lines) == sorted([f"app {broken[:7]} starts in mode exit1", '  File "app.py", line 3',
+                                        "SyntaxError: invalid syntax"])
+        assert lines.index('  File "app.py", line 3') < lines.index("SyntaxError: invalid syntax")
     else:
         assert "output" not in attempt
     wait_for(lambda: reloader.start_count() >= 3, "it to be started again (back-off)", reloader=reloader)
