@@ -196,10 +196,10 @@ def test_states_through_start_ready_flip_starting_ready(trees, start_reload, app
     starting = api.wait("starting", is_state("starting", first))
     assert starting["attempt"] == {"commit": first, "state": "starting", "reason": None}
     assert starting["target"] == first and starting["version"] == __version__
-    assert fetch(port).get("error")  # it does not serve yet: that is why it is starting
 
     ready = api.wait("ready", is_state("ready", first))
     assert fetch(port)["hash"] == first
+    assert f"answers http://127.0.0.1:{port}/: ready" in reloader.log()  # the URL made it ready, not the clock
     pid = ready["pid"]
     assert ready["attempt"] is None and ready["target"] == first and alive(pid)
     assert ready["trees"] == [{"role": "serving", "commit": first, "path": trees.tree(first), "pid": pid}]
