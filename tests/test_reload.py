@@ -157,7 +157,8 @@ def start_reload(tmp_path, child_script):
         index = len(started)
         log, record = tmp_path / f"reload-{index}.log", tmp_path / f"record-{index}.jsonl"
         command = command or [sys.executable, str(child_script), *args]
-        environ = {**os.environ, "RECORD": str(record), **(env or {})}
+        # A free port for the status API unless the test names one: tests run side by side.
+        environ = {**os.environ, "RECORD": str(record), "GITSYNC_RELOAD_STATUS_BIND": "127.0.0.1:0", **(env or {})}
         with open(log, "wb") as out:
             process = subprocess.Popen(
                 [sys.executable, "-m", "gitsync.reload", *options, "--", *command],

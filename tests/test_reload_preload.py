@@ -374,9 +374,11 @@ def test_each_flip_runs_in_a_new_warm_interpreter_and_stops_the_old_one(trees, s
 
 
 def open_fds(pid: int) -> list[str]:
-    """What pid's descriptors point at (pipes by kind only: each spare has new ones)."""
+    """What pid's descriptors point at (pipes and sockets by kind only: each spare has new
+    pipes, each command its own NOTIFY_SOCKET)."""
     targets = (os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd"))
-    return sorted("pipe" if target.startswith("pipe:") else target for target in targets)
+    return sorted(target.split(":", 1)[0] if target.startswith(("pipe:", "socket:")) else target
+                  for target in targets)
 
 
 def zombies_of(pid: int) -> list[int]:

@@ -24,8 +24,30 @@ def test_the_record_says_how_the_last_attempt_failed(tmp_path):
     process = subprocess.Popen([sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGTERM)"])
     process.wait(timeout=30)
     record = Record()
-    record.ended_on_its_own(Child(process, str(tmp_path), time.monotonic()), 143)
+    record.ended_on_its_own(Child(process, str(tmp_path / "abc"), time.monotonic()), 143)
     assert (record.status, record.failure) == (143, "killed by SIGTERM")
-    record.could_not_start(FileNotFoundError(2, "No such file or directory"))
+    assert record.snapshot()["attempt"] == {"commit": "abc", "state": "failed", "reason": "killed by SIGTERM"}
+    record.could_not_start(FileNotFoundError(2, "No such file or directory"), "def")
     assert (record.status, record.failure) == (127, "cannot start: No such file or directory")
-    assert record.children() == []
+    assert record.children() == [] and record.state() == "failed"
+
+
+def test_a_retry_of_a_failed_commit_stays_failed_until_it_is_ready(tmp_path):
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait(timeout=30)
+    record = Record()
+    record.attempt_starting("abc")
+    assert record.snapshot()["attempt"] == {"commit": "abc", "state": "starting", "reason": None}
+    record.attempt_failed("abc", "prepare failed: npm ERR! missing script", output="npm ERR! missing script")
+    record.attempt_starting("abc")  # the retry after the back-off
+    assert record.state() == "failed" and record.attempt.output == "npm ERR! missing script"
+    record.serving = child = Child(process, str(tmp_path / "abc"), time.monotonic())
+    record.became_ready(child)
+    snapshot = record.snapshot()
+    assert (snapshot["state"], snapshot["commit"], snapshot["attempt"]) == ("ready", "abc", None)
+    record.attempt_starting("def")
+    assert record.state() == "starting"
+    record.back_to_serving()  # the link moved back to abc
+    assert record.state() == "ready" and record.attempt is None
+    record.stopping = True
+    assert record.state() == "stopped"

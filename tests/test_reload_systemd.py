@@ -56,5 +56,10 @@ def test_activation_gives_each_command_its_own_variables_never_the_parents(tmp_p
         first.close(), second.close()
         activation.close()
         assert not os.path.exists(activation.notice_dir)
-    plain = NoActivation()
-    assert plain.base_environ(parent) == parent and plain.prepare() == (None, {}) and plain.pass_fds == ()
+    plain = NoActivation()  # without --listen: no socket, but a NOTIFY_SOCKET of its own all the same
+    assert plain.base_environ(parent) == {name: value for name, value in parent.items() if name != "NOTIFY_SOCKET"}
+    notices, environ = plain.prepare()
+    assert environ == {"NOTIFY_SOCKET": notices.path} and plain.pass_fds == () and plain.shim == ()
+    notices.close()
+    plain.close()
+    assert not os.path.exists(plain.notice_dir)

@@ -15,9 +15,12 @@ Parts (arrows point down the list only):
     rollover.py     how to move to a new tree: Restart | SignalOnly | HandOff (--listen)
     launcher.py     how a command starts: cold | warm (--preload, spare.py)
     watch.py        did the link's name change? (the only watchfiles user)
-    record.py       the serving command, the one starting, why the last one failed
+    record.py       the serving command, the one starting, the attempt and why it failed
+    status.py       --status-bind: GET /api/v1/status, answered from the record's snapshot
+    readiness.py    when a new command counts as ready (READY=1, --ready-url, --ready-after)
+    output.py       --report-output: pass the command's output through, keep its last lines
     child.py        one started command; stopping a process group with a grace period
-    systemd.py      --listen: the socket at fd 3, NOTIFY_SOCKET, the LISTEN_PID shim
+    systemd.py      NOTIFY_SOCKET for every command; --listen: the socket at fd 3, the LISTEN_PID shim
     spare.py        --preload: one interpreter that imported the modules ahead of time
     config.py       flags and GITSYNC_RELOAD_* -> ReloadConfig (pycommand.py: python CMD)
     _spare_main.py, _exec_shim.py   programs run by path in another interpreter

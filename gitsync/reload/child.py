@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from gitsync import procs
 from gitsync.durations import format_duration
 
+from .output import OutputTail
+from .readiness import ReadyProbe
 from .systemd import Notices
 
 logger = logging.getLogger(__name__)
@@ -27,10 +29,19 @@ class Child:
     process: subprocess.Popen
     tree: str
     started: float
-    notices: Notices | None = None  # with --listen
+    notices: Notices | None = None  # its NOTIFY_SOCKET
     ready: bool = False  # it sent READY=1
+    counted: bool = False  # counted ready: READY=1, --ready-url, --ready-after or the defaults (readiness.py)
+    output: OutputTail | None = None  # --report-output: its last lines
+    probe: ReadyProbe | None = None  # --ready-url: polls the URL until it answers 2xx
     warm: bool = False  # it runs in a spare interpreter that had the --preload modules imported
     stop_by: float | None = None  # once told to stop: when it gets SIGKILL
+    reloaded: str | None = None  # (--signal-only) the tree it was last told to reload into
+
+    @property
+    def runs(self) -> str:
+        """The tree whose code it runs: where it started, or where it reloaded into."""
+        return self.reloaded or self.tree
 
     @property
     def pid(self) -> int:
@@ -54,6 +65,10 @@ class Child:
         if self.notices is not None:
             self.notices.close()
             self.notices = None
+        if self.probe is not None:
+            self.probe.close()
+        if self.output is not None:
+            self.output.close()
 
 
 class Stopper:

@@ -6,7 +6,8 @@ import logging
 import sys
 from collections.abc import Mapping, Sequence
 
-from .config import PROG, ConfigError, build_config
+from .config import PROG, ConfigError, ReloadConfig, build_config
+from .status import Board, StatusServer
 from .supervisor import Supervisor
 from .systemd import Activation, NoActivation, open_listener
 
@@ -26,12 +27,31 @@ def run(argv: Sequence[str], environ: Mapping[str, str]) -> int:
             print(f"{PROG}: error: --listen {host}:{port}: cannot listen: {error.strerror or error}", file=sys.stderr)
             return 1
         activation = Activation(listener)
+    board = Board()
+    try:
+        server = open_status_server(config, board)
+    except OSError as error:
+        host, port = config.status_bind or ("", 0)
+        print(f"{PROG}: error: --status-bind {host}:{port}: cannot listen: {error.strerror or error}",
+              file=sys.stderr)
+        return 1
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {PROG} %(levelname)s %(message)s")
     logging.getLogger("watchfiles").setLevel(logging.WARNING)  # it logs every batch at INFO
     activation.announce()
-    supervisor = Supervisor(config, activation)
+    supervisor = Supervisor(config, activation, board)
     supervisor.install_signal_handlers()
-    status = supervisor.run()
+    if server is not None:
+        server.start()
+    try:
+        status = supervisor.run()
+    finally:
+        if server is not None:
+            server.close()
     if supervisor.fatal:
         print(f"{PROG}: error: {supervisor.fatal}", file=sys.stderr)
     return status
+
+
+def open_status_server(config: ReloadConfig, board: Board) -> StatusServer | None:
+    """Bind the status API before anything starts (raise OSError); None when it is off."""
+    return StatusServer(config.status_bind, board) if config.status_bind is not None else None

@@ -8,10 +8,12 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from gitsync.durations import format_duration
 from gitsync.options import (ConfigError, Option, Table, parse_bool, parse_host_port, parse_seconds,
                              parse_signal)
 
@@ -24,6 +26,7 @@ DEFAULT_RELOAD_SIGNAL = signal.SIGHUP  # with --signal-only: what servers reload
 DEFAULT_GRACE = 10.0
 DEFAULT_DEBOUNCE = 0.05  # long enough to fold a burst of flips into one restart
 DEFAULT_READY_TIMEOUT = 10.0
+DEFAULT_STATUS_BIND = ("127.0.0.1", 9101)  # loopback: the pod's containers share it, nothing else needs it
 
 EPILOG = """\
 examples:
@@ -58,11 +61,28 @@ With --listen the command gets the socket as fd 3 with LISTEN_FDS=1 and LISTEN_P
 (its own pid), and NOTIFY_SOCKET, a datagram socket to send READY=1 to once it
 serves. A new command that exits before it is ready leaves the old one serving.
 
+Every command gets NOTIFY_SOCKET; READY=1 there marks it ready (so do --ready-url
+and --ready-after). GET http://127.0.0.1:9101/api/v1/status (--status-bind) says what
+runs, what is starting, and why the last start failed.
+
 With --preload, CMD must be `python [OPTIONS] SCRIPT` or `python [OPTIONS] -m MODULE`.
 One spare interpreter (CMD's python) imports the modules ahead of time and waits; each
 start runs the script in it, in the new tree, and a new spare follows. List installed
 packages only: the spare imports before the tree it will run exists.
 """
+
+
+def parse_url(text: str) -> str:
+    """An http:// or https:// URL with a host."""
+    url = text.strip()
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"expected an http:// or https:// URL with a host, got {text!r}")
+    try:
+        parts.port  # noqa: B018 (raises on a bad port)
+    except ValueError:
+        raise ValueError(f"bad port in {text!r}") from None
+    return url
 
 
 @dataclass(frozen=True)
@@ -74,7 +94,11 @@ class ReloadConfig:
     debounce: float
     signal_only: bool
     listen: tuple[str, int] | None  # with it: hand this socket to each command, overlap restarts
-    ready_timeout: float  # with listen: how long a new command may take to send READY=1
+    ready_timeout: float  # how long a new command may take to be ready
+    status_bind: tuple[str, int] | None  # where the status API listens; None: off
+    ready_url: str | None  # a new command is ready once this answers 2xx
+    ready_after: float | None  # ...or once it has stayed up this long
+    report_output: bool  # keep the last lines of each command's output for the status
     preload: tuple[str, ...]  # modules a spare interpreter imports ahead of each start
     python: PythonCommand | None  # CMD split as Python reads it (with preload)
     environ: Mapping[str, str] = field(repr=False, compare=False)  # the command's base environment
@@ -94,7 +118,19 @@ OPTIONS: tuple[Option, ...] = (
            "(LISTEN_FDS=1, LISTEN_PID); on a flip start the new CMD before stopping the old one",
            metavar="HOST:PORT", default_text="off: CMD binds its own port"),
     Option("--ready-timeout", parse_seconds, DEFAULT_READY_TIMEOUT, "with --listen: stop the old CMD when "
-           "the new one sends READY=1 to $NOTIFY_SOCKET, or after this long"),
+           "the new one sends READY=1 to $NOTIFY_SOCKET, or after this long; with --ready-url or "
+           "--ready-after: a CMD not ready by then is a failed attempt (with --listen the old one "
+           "goes on serving)"),
+    Option("--status-bind", parse_host_port, DEFAULT_STATUS_BIND, "serve GET /api/v1/status here (what runs, "
+           "what starts, why it failed); empty turns it off; port 0 picks a free port (logged)",
+           metavar="HOST:PORT", default_text="127.0.0.1:9101"),
+    Option("--ready-url", parse_url, None, "a new CMD is ready once this URL answers 2xx (polled; besides "
+           "READY=1 on $NOTIFY_SOCKET)", metavar="URL",
+           default_text="off: READY=1, or (without --listen) up for 1s"),
+    Option("--ready-after", parse_seconds, None, "a new CMD is ready once it has stayed up this long "
+           "(besides READY=1)", default_text="off"),
+    Option("--report-output", parse_bool, False, "keep the last lines of CMD's stdout and stderr (still "
+           "passed through) and show them in the status when it fails"),
     Option("--preload", parse_modules, (), "for CMD `python SCRIPT` or `python -m MODULE`: keep one "
            "interpreter ready that has imported these installed packages (e.g. flask,waitress), and run "
            "the next start in it", metavar="MODULE,...", default_text="none: every start is a fresh interpreter"),
@@ -110,6 +146,7 @@ TABLE = Table(
 def build_config(argv: Sequence[str], environ: Mapping[str, str]) -> ReloadConfig:
     """The one place that reads flags and GITSYNC_RELOAD_* variables; raise ConfigError."""
     values = TABLE.parse(argv, environ)
+    _check_readiness(values)
     signal_only, modules = values["signal_only"], values["preload"]
     command = _require_command(values["command"])
     if modules and signal_only:
@@ -126,10 +163,21 @@ def build_config(argv: Sequence[str], environ: Mapping[str, str]) -> ReloadConfi
         signal_only=signal_only,
         listen=values["listen"],
         ready_timeout=values["ready_timeout"],
+        status_bind=values["status_bind"],
+        ready_url=values["ready_url"],
+        ready_after=values["ready_after"],
+        report_output=values["report_output"],
         preload=modules,
         python=_parse_python_command(command) if modules else None,
         environ=MappingProxyType(dict(environ)),
     )
+
+
+def _check_readiness(values: dict) -> None:
+    after, timeout = values["ready_after"], values["ready_timeout"]
+    if after is not None and after >= timeout:
+        raise ConfigError(f"--ready-after ({format_duration(after)}) must be shorter than --ready-timeout "
+                          f"({format_duration(timeout)}), or no command is ever ready")
 
 
 def _absolute_link(value: str) -> str:

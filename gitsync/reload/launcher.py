@@ -1,7 +1,7 @@
 """How a command is started: cold (a fresh process in its own group) or warm (--preload:
 in a spare interpreter that imported the modules beforehand, cold when there is none).
 
-Interface the loop uses: `start(tree)` -> Child, raising OSError or NotStarted;
+Interface the loop uses: `start(tree)` -> Child, raising OSError, StartFailed or NotStarted;
 `tend()` every tick; `child_ready()` when a command sent READY=1; `processes()` (its
 own children, for reaping); `close()`; `fatal` once it gave up.
 """
@@ -20,6 +20,7 @@ from gitsync.durations import format_duration
 
 from .child import Child
 from .config import ReloadConfig
+from .output import OutputTail
 from .spare import Spare
 from .systemd import NoActivation
 
@@ -34,6 +35,16 @@ class NotStarted(Exception):
     """A start was called off: gitsync-reload is exiting."""
 
 
+class StartFailed(Exception):
+    """A step before the command failed (e.g. preparing the tree): the loop records a failed
+    attempt with this one-line reason (and output) and retries with the crash back-off."""
+
+    def __init__(self, reason: str, output: str | None = None):
+        super().__init__(reason)
+        self.reason = reason
+        self.output = output
+
+
 class ColdLauncher:
     """Every start is a fresh process: CMD (behind the LISTEN_PID shim with --listen) in the tree."""
 
@@ -44,7 +55,7 @@ class ColdLauncher:
         self.fatal: str | None = None  # why gitsync-reload must give up (exit 2)
 
     def start(self, tree: str) -> Child:
-        """Start CMD in tree, with GITSYNC_HASH and (--listen) its own NOTIFY_SOCKET."""
+        """Start CMD in tree, with GITSYNC_HASH and its own NOTIFY_SOCKET."""
         notices, environ = self.activation.prepare()
         try:
             process, warm = self.launch(tree, {"GITSYNC_HASH": os.path.basename(tree), **environ})
@@ -52,18 +63,20 @@ class ColdLauncher:
             if notices is not None:
                 notices.close()
             raise
-        return Child(process, tree, time.monotonic(), notices, warm=warm)
+        output = OutputTail(process) if process.stdout is not None else None  # --report-output, cold
+        return Child(process, tree, time.monotonic(), notices, warm=warm, output=output)
 
     def base_environ(self) -> dict[str, str]:
         return self.activation.base_environ(self.config.environ)
 
     def launch(self, tree: str, environ: Mapping[str, str]) -> tuple[subprocess.Popen, bool]:
-        process = procs.spawn_group(
-            (*self.activation.shim, *self.config.command),
-            cwd=tree,
-            env={**self.base_environ(), **environ},
-            pass_fds=self.activation.pass_fds,
-        )
+        argv, env = (*self.activation.shim, *self.config.command), {**self.base_environ(), **environ}
+        if not self.config.report_output:
+            return procs.spawn_group(argv, cwd=tree, env=env, pass_fds=self.activation.pass_fds), False
+        # As procs.spawn_group, with pipes that output.py passes on and keeps the tail of.
+        process = subprocess.Popen(argv, cwd=tree, env=env, start_new_session=True,
+                                   pass_fds=self.activation.pass_fds, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE)
         return process, False
 
     def tend(self) -> None:

@@ -6,7 +6,10 @@ asks it to start a command in the new tree now. `tend()` runs every tick.
 - Restart: stop the command, then start it in the new tree (a gap while it starts).
 - SignalOnly: send --signal to the command, which reloads itself (gunicorn's HUP).
 - HandOff (--listen): start the new command beside the old one; the old one is told to
-  stop, finishing its requests, once the new one sent READY=1 (or after --ready-timeout).
+  stop, finishing its requests, once the new one is ready (readiness.py).
+
+Every strategy also counts the serving command ready (`tend`), and a flip back to the
+commit that serves restarts nothing (`back_to_serving`).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from gitsync.durations import format_duration
 
 from .child import Child, Stopper
 from .config import ReloadConfig
+from .readiness import Readiness
 from .record import Record
 
 logger = logging.getLogger(__name__)
@@ -30,6 +34,7 @@ class Restart:
         self.config = config
         self.record = record
         self.stopper = stopper
+        self.readiness = Readiness(config)
 
     def follow(self, tree: str) -> bool:
         serving, self.record.serving = self.record.serving, None
@@ -37,8 +42,48 @@ class Restart:
         self.record.status = self.stopper.end(serving)
         return True
 
+    def back_to_serving(self, serving: Child, tree: str) -> None:
+        """The link moved back to the serving command's tree: stop whatever started since."""
+        record, starting = self.record, self.record.starting
+        logger.info("link moved back to %s, which pid %s serves; nothing to restart",
+                    os.path.basename(tree), serving.pid)
+        if starting is not None:
+            logger.info("stopping pid %s (%s), which is not needed any more", starting.pid, starting.sha)
+            self.drain(starting)
+            record.starting = None
+        record.tree, record.backoff.due = tree, None
+        record.back_to_serving()
+
     def tend(self) -> None:
-        pass
+        self.notice_serving_ready()
+
+    def notice_serving_ready(self) -> None:
+        """Count the serving command ready, or (a readiness check not passed in time) failed."""
+        serving = self.record.serving
+        if serving is None or serving.counted:
+            return
+        verdict = self.readiness.check(serving)
+        if verdict is None:
+            return
+        ready, why = verdict
+        if ready:
+            logger.info("%s: ready", why)
+            self.record.became_ready(serving)
+            return
+        logger.warning("pid %s (%s) %s; stopping it", serving.pid, serving.sha, why)
+        self.record.serving, ran_for = None, serving.ran_for()
+        output = serving.output.text(wait=0) if serving.output is not None else None
+        self.record.status = self.stopper.end(serving)
+        self.record.attempt_failed(serving.sha, why, output)
+        self.schedule_retry(ran_for)
+
+    def schedule_retry(self, ran_for: float) -> None:
+        delay = self.record.backoff.schedule(ran_for)
+        logger.info("starting it again in %s", format_duration(delay))
+
+    def drain(self, child: Child) -> None:
+        self.stopper.signal(child)
+        self.record.draining.append(child)
 
 
 class SignalOnly(Restart):
@@ -50,7 +95,9 @@ class SignalOnly(Restart):
                     os.path.basename(tree), self.config.signal.name, serving.pid)
         if serving.process.poll() is None:
             os.kill(serving.pid, self.config.signal)
-        self.record.tree = tree
+        # It reloads into the new tree itself: from now on that is the commit it runs
+        # (and a flip back to the old one must signal it again).
+        self.record.tree = serving.reloaded = tree
         return False
 
 
@@ -67,6 +114,7 @@ class HandOff(Restart):
 
     def tend(self) -> None:
         self.notice_starting()
+        self.notice_serving_ready()
         self.notice_drained()
 
     def notice_starting(self) -> None:
@@ -81,28 +129,42 @@ class HandOff(Restart):
                 f"; pid {record.serving.pid} ({record.serving.sha}) goes on serving" if record.serving else "",
             )
             record.ended_on_its_own(starting, self.stopper.end(starting))
-            delay = record.backoff.schedule(ran_for)
-            logger.info("starting it again in %s", format_duration(delay))
-        elif starting.ready:
-            self.take_over(f"pid {starting.pid} is ready")
-        elif record.serving is None:
-            self.take_over(f"pid {starting.pid} is the only one left")
-        elif starting.ran_for() >= self.config.ready_timeout:
-            self.take_over(f"pid {starting.pid} sent no READY=1 in {format_duration(self.config.ready_timeout)}")
+            self.schedule_retry(ran_for)
+            return
+        verdict = self.readiness.check(starting)
+        if verdict is not None and verdict[0]:
+            self.take_over(verdict[1])
+        elif record.serving is None:  # the old one ended meanwhile: nothing better to serve
+            self.take_over(f"pid {starting.pid} is the only one left", ready=False)
+        elif verdict is not None:
+            self.not_ready(starting, record.serving, verdict[1])
 
-    def take_over(self, reason: str) -> None:
-        """The new command serves from now on; the old one stops, finishing its requests."""
+    def not_ready(self, starting: Child, serving: Child, reason: str) -> None:
+        """A failed attempt: the old command goes on serving, the new one stops (drained)."""
         record = self.record
-        old, record.serving, record.starting = record.serving, record.starting, None
+        logger.warning("pid %s (%s) %s; pid %s (%s) goes on serving", starting.pid, starting.sha, reason,
+                       serving.pid, serving.sha)
+        output = starting.output.text(wait=0) if starting.output is not None else None
+        record.starting = None
+        self.drain(starting)
+        record.attempt_failed(starting.sha, reason, output)
+        self.schedule_retry(starting.ran_for())
+
+    def take_over(self, reason: str, ready: bool = True) -> None:
+        """The new command serves from now on; the old one stops, finishing its requests.
+        Not `ready`: it serves for want of another, and is still checked (notice_serving_ready)."""
+        record = self.record
+        old, new = record.serving, record.starting
+        if new is None:
+            return
+        record.serving, record.starting = new, None
+        if ready:
+            record.became_ready(new)
         if old is None:
             logger.info("%s", reason)
             return
         logger.info("%s; stopping pid %s (%s)", reason, old.pid, old.sha)
         self.drain(old)
-
-    def drain(self, child: Child) -> None:
-        self.stopper.signal(child)
-        self.record.draining.append(child)
 
     def notice_drained(self) -> None:
         for child in list(self.record.draining):

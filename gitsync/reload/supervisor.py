@@ -4,7 +4,8 @@ Each tick it waits for the link (watch.py) or, while a new command starts beside
 old one, for that command's READY=1; then it looks at the commands (record.py), lets
 the rollover strategy move them along (rollover.py), and starts one when due through
 the launcher (launcher.py). A signal handler only sets an event, and every wait is
-event.wait(timeout), so SIGTERM ends any wait at once.
+event.wait(timeout), so SIGTERM ends any wait at once. At the end of each tick the
+record's snapshot goes to the status board (status.py), which the API answers from.
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ from gitsync.durations import format_duration
 
 from .child import Stopper
 from .config import ReloadConfig
-from .launcher import NotStarted, launcher_for
+from .launcher import NotStarted, StartFailed, launcher_for
 from .record import Record
 from .rollover import rollover_for, stop_signal
+from .status import Board
 from .systemd import NoActivation
 from .watch import Debounce, LinkWatcher, resolve_tree, warn_if_not_a_symlink
 
@@ -31,8 +33,9 @@ logger = logging.getLogger(__name__)
 class Supervisor:
     """Keep CMD running in the link's current tree until SIGTERM, SIGINT or SIGHUP."""
 
-    def __init__(self, config: ReloadConfig, activation: NoActivation):
+    def __init__(self, config: ReloadConfig, activation: NoActivation, board: Board | None = None):
         self.config = config
+        self.board = board or Board()  # what GET /api/v1/status answers from
         self.activation = activation  # with --listen: the socket and each command's NOTIFY_SOCKET
         self.should_exit = threading.Event()
         self.force_exit = threading.Event()  # a second SIGTERM/SIGINT: no grace period
@@ -43,6 +46,7 @@ class Supervisor:
         self.watcher = LinkWatcher(config.link, self.should_exit)
         self.debounce = Debounce(config.debounce)
         self.waiting_logged = False
+        self.publish()  # the API answers from the first request on
 
     @property
     def fatal(self) -> str | None:
@@ -67,7 +71,10 @@ class Supervisor:
                 if self.wait():
                     self.debounce.touch()
                 self.tend()
+                self.publish()
         finally:
+            self.record.stopping = True
+            self.publish()
             self.launcher.close()
             self.stop_all("shutting down")  # also on an unexpected error: never leave CMD behind
             self.watcher.close()
@@ -80,6 +87,11 @@ class Supervisor:
         if starting is not None and starting.notices is not None:
             return self.watcher.touched_or_readable(starting.notices.sock)
         return self.watcher.touched()
+
+    def publish(self) -> None:
+        tree = resolve_tree(self.config.link)
+        self.record.target = os.path.basename(tree) if tree is not None else None
+        self.board.publish(self.record.snapshot())
 
     def our_processes(self) -> list:
         return [child.process for child in self.record.children()] + self.launcher.processes()
@@ -128,6 +140,10 @@ class Supervisor:
             self.record.backoff.due = None
         if self.record.serving is None:
             return  # start_due(): nothing runs, so it starts at once
+        if tree == self.record.serving.runs:
+            # e.g. a rollback while the new one crash-loops: the one serving goes on
+            self.rollover.back_to_serving(self.record.serving, tree)
+            return
         if self.rollover.follow(tree):
             self.start()
 
@@ -145,13 +161,19 @@ class Supervisor:
             return
         self.waiting_logged = False
         self.record.tree, self.record.backoff.due = tree, None
+        self.record.attempt_starting(os.path.basename(tree))
         try:
             child = self.launcher.start(tree)
         except NotStarted:
             return
+        except StartFailed as failed:
+            logger.error("cannot start %s in %s: %s", self.config.command[0], tree, failed.reason)
+            self.record.attempt_failed(os.path.basename(tree), failed.reason, failed.output)
+            self.schedule_restart(ran_for=0.0)
+            return
         except OSError as error:
             logger.error("cannot start %s in %s: %s", self.config.command[0], tree, error)
-            self.record.could_not_start(error)
+            self.record.could_not_start(error, os.path.basename(tree))
             self.schedule_restart(ran_for=0.0)
             return
         if self.record.serving is None:

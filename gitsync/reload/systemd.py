@@ -2,9 +2,9 @@
 
 gitsync-reload binds the listening socket once and every command inherits it as fd 3
 (LISTEN_FDS=1, LISTEN_PID = the command's own pid), so the port never closes across
-restarts; each command gets a datagram socket of its own (NOTIFY_SOCKET) to send
-READY=1 to once it serves. Without --listen, `NoActivation` passes nothing and leaves
-the environment as it is.
+restarts. Every command, with --listen or not, gets a datagram socket of its own
+(NOTIFY_SOCKET) to send READY=1 to once it serves. Without --listen, `NoActivation`
+passes no socket and leaves the rest of the environment as it is.
 """
 
 from __future__ import annotations
@@ -84,23 +84,32 @@ class Notices:
 
 
 class NoActivation:
-    """Without --listen: commands bind their own port and see the environment unchanged."""
+    """Without --listen: commands bind their own port; each still gets a NOTIFY_SOCKET."""
 
     shim: tuple[str, ...] = ()
     pass_fds: tuple[int, ...] = ()
+
+    def __init__(self) -> None:
+        self.notice_dir: str | None = None  # made at the first start
+        self.prepared = 0  # names each NOTIFY_SOCKET
 
     def announce(self) -> None:
         pass
 
     def base_environ(self, environ: Mapping[str, str]) -> dict[str, str]:
-        return dict(environ)
+        return {name: value for name, value in environ.items() if name != "NOTIFY_SOCKET"}
 
     def prepare(self) -> tuple[Notices | None, dict[str, str]]:
-        """A new command's NOTIFY_SOCKET and the variables that go with it: none here."""
-        return None, {}
+        """A new command's NOTIFY_SOCKET and the variables that go with it."""
+        if self.notice_dir is None:
+            self.notice_dir = tempfile.mkdtemp(prefix=f"{PROG}-")
+        self.prepared += 1
+        notices = Notices(os.path.join(self.notice_dir, f"notify-{self.prepared}"))
+        return notices, {"NOTIFY_SOCKET": notices.path}
 
     def close(self) -> None:
-        pass
+        if self.notice_dir is not None:
+            shutil.rmtree(self.notice_dir, ignore_errors=True)
 
 
 class Activation(NoActivation):
@@ -109,10 +118,10 @@ class Activation(NoActivation):
     pass_fds = (LISTEN_FD,)
 
     def __init__(self, listener: socket.socket):
+        super().__init__()
         self.listener = listener
         self.shim = exec_shim()
         self.notice_dir = tempfile.mkdtemp(prefix=f"{PROG}-")
-        self.prepared = 0  # names each NOTIFY_SOCKET
 
     def announce(self) -> None:
         host, port = self.listener.getsockname()[:2]
@@ -124,9 +133,5 @@ class Activation(NoActivation):
         return {name: value for name, value in environ.items() if name not in LISTEN_ENV}
 
     def prepare(self) -> tuple[Notices | None, dict[str, str]]:
-        self.prepared += 1
-        notices = Notices(os.path.join(self.notice_dir, f"notify-{self.prepared}"))
-        return notices, {"LISTEN_FDS": "1", "NOTIFY_SOCKET": notices.path}  # LISTEN_PID: the shim or the spare
-
-    def close(self) -> None:
-        shutil.rmtree(self.notice_dir, ignore_errors=True)
+        notices, environ = super().prepare()
+        return notices, {"LISTEN_FDS": "1", **environ}  # LISTEN_PID: the shim or the spare
