@@ -133,3 +133,13 @@ def test_probe_for_prefers_the_status_url():
 def test_same_commit_takes_abbreviations_of_seven_digits_or_more():
     assert same_commit(GOOD, GOOD[:7]) and same_commit(GOOD[:10], GOOD)
     assert not same_commit(GOOD, GOOD[:6]) and not same_commit(GOOD, BAD) and not same_commit(None, GOOD)
+
+
+def test_trees_as_gitsync_reload_lists_them():
+    from gitsync.rollout.probes import observation_of_status, status_shape_error as shape_problem
+    data = {"commit": "a" * 40, "state": "ready", "pid": 7, "target": "a" * 40, "attempt": None,
+            "trees": [{"role": "serving", "commit": "a" * 40, "path": f"/git/.worktrees/{'a' * 40}", "pid": 7}],
+            "version": "0.1.0"}
+    assert shape_problem(data) is None
+    assert observation_of_status(data).trees == (f"/git/.worktrees/{'a' * 40}",)
+    assert shape_problem({**data, "trees": [{"role": "serving"}]}) is not None

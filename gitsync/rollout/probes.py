@@ -202,8 +202,8 @@ def status_shape_error(data: object) -> str | None:
     if data.get("pid") is not None and not isinstance(data["pid"], int):
         return "'pid' is not a number"
     trees = data.get("trees", [])
-    if not isinstance(trees, list) or not all(isinstance(tree, str) for tree in trees):
-        return "'trees' is not a list of paths"
+    if not isinstance(trees, list) or not all(_tree_path(tree) for tree in trees):
+        return "'trees' is not a list of paths (or of objects with a path)"
     attempt = data.get("attempt")
     if attempt is not None:
         if not isinstance(attempt, dict) or not isinstance(attempt.get("commit"), str) \
@@ -223,7 +223,16 @@ def observation_of_status(data: dict) -> Observation:
         state=state, target=data.get("target"),
         attempt_commit=attempt.get("commit"), attempt_state=attempt.get("state"),
         attempt_reason=_attempt_reason(attempt) if attempt else None,
-        trees=tuple(data.get("trees", [])), reports=True)
+        trees=tuple(_tree_path(tree) for tree in data.get("trees", [])), reports=True)
+
+
+def _tree_path(tree: object) -> str | None:
+    """gitsync-reload lists {role, commit, path, pid} per tree; a plain path is taken too."""
+    if isinstance(tree, str):
+        return tree
+    if isinstance(tree, dict) and isinstance(tree.get("path"), str):
+        return tree["path"]
+    return None
 
 
 def _attempt_reason(attempt: dict) -> str:
