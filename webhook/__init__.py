@@ -2,8 +2,8 @@
 
 `create_app(engine, config)` layers defaults, then gitsync's Config, then an
 optional test mapping, and registers one blueprint per module: `receiver`
-(inbound push webhooks), `status` (status, health, manual sync, the page) and
-`metrics`. The API drives the engine only through `SyncController`; it never
+(inbound push webhooks), `status` (status, health, manual sync, the page),
+`control` (retry, pause, resume) and `metrics`. The API drives the engine only through `SyncController`; it never
 runs git and never waits for it.
 """
 
@@ -20,6 +20,7 @@ from werkzeug.exceptions import HTTPException
 if TYPE_CHECKING:
     from gitsync.config import Config
     from gitsync.model import Status, SyncResult
+    from gitsync.rollout import RolloutResult
 
     from .forges import DeliveryLog
     from .metrics import Metrics
@@ -34,8 +35,18 @@ QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 SERVER_BODY_HEADROOM = 1024 * 1024
 
 
+class DeployControl(Protocol):
+    """What the API may ask of rollouts (gitsync.deploy.Deployer)."""
+
+    def retry(self) -> list[str]: ...
+    def set_paused(self, paused: bool) -> None: ...
+    def add_listener(self, listener: Callable[[RolloutResult], None]) -> None: ...
+
+
 class SyncController(Protocol):
     """All the API may ask of the engine."""
+
+    deploys: DeployControl
 
     def trigger(self, reason: str) -> None: ...
     def status(self) -> Status: ...
@@ -60,7 +71,7 @@ def services() -> Services:
 
 def create_app(engine: SyncController, config: Config,
                test_config: Mapping[str, Any] | None = None) -> Flask:
-    from . import metrics, receiver, status
+    from . import control, metrics, receiver, status
     from .forges import DeliveryLog
 
     app = Flask(__name__)
@@ -84,6 +95,7 @@ def create_app(engine: SyncController, config: Config,
 
     app.register_blueprint(receiver.bp)
     app.register_blueprint(status.bp)
+    app.register_blueprint(control.bp)
     app.register_blueprint(metrics.bp)
     app.register_error_handler(HTTPException, _json_error)
     app.before_request(_start_clock)
