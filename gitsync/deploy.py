@@ -100,39 +100,43 @@ class Deployer:
             self._remember(key, begun[1])
         return replace(outcome, rollout=begun[1])
 
-    def follow(self, fetch_commit: Callable[[str, Deadline], None]) -> SyncResult | None:
-        """Ask the app once; a flip back is done here and returned as a history row."""
+    def follow(self, fetch_commit: Callable[[str, Deadline], None],
+               record: Callable[[SyncResult], None]) -> None:
+        """Ask the app once; flip back on a Rollback, and `record` the flip's history row
+        before the rollout says "rolled_back" (a reader never sees it ahead of the link)."""
         try:
             decision = self.rollouts.poll()
             if isinstance(decision, Rollback):
-                return self._roll_back(decision, fetch_commit)
+                self._roll_back(decision, fetch_commit, record)
         except OSError as err:
             log.warning("rollout: cannot keep the rollout state: %s", err)
-        return None   # Live, Failed and Degraded are logged and counted by the tracker
+        # Live, Failed and Degraded are logged and counted by the tracker
 
     def trees_to_keep(self) -> tuple[frozenset[str], bool]:
         """(commits whose trees must stay, whether the app reports what it runs: then
         every other old tree may go at once)."""
         return self.rollouts.protected_commits(), self.rollouts.app_reports()
 
-    def _roll_back(self, decision: Rollback, fetch_commit: Callable[[str, Deadline], None]) -> SyncResult:
+    def _roll_back(self, decision: Rollback, fetch_commit: Callable[[str, Deadline], None],
+                   record: Callable[[SyncResult], None]) -> None:
         started, at, deadline = time.monotonic(), utc_now(), Deadline(self._sync_timeout)
         try:
             fetch_commit(decision.to, deadline)   # a re-initialised repository may lack it
             self._publisher.publish(decision.to, deadline)   # rebuilds a damaged tree before the flip
         except (SyncError, OSError) as err:
-            self.rollouts.rollback_failed(decision.bad, str(err))
             log.error("rollout: rolling %s back to %s failed: %s", short(decision.bad),
                       short(decision.to), err)
             error = f"rollback: {one_line(str(err))}"
             mark = {"result": "failed", "reason": error}
-            return self._row(at, started, "error", self._publisher.published_sha(), mark, error)
+            record(self._row(at, started, "error", self._publisher.published_sha(), mark, error))
+            self.rollouts.rollback_failed(decision.bad, str(err))
+            return
+        mark = {"result": "rolled_back", "reason": f"{short(decision.bad)} failed: {decision.reason}"}
+        record(self._row(at, started, "published", decision.to, mark))
         try:
             self.rollouts.rolled_back(decision.bad)
         except OSError as err:   # the link is back all the same; a restart flips it again, harmlessly
             log.warning("rollout: cannot keep the rollout state: %s", err)
-        mark = {"result": "rolled_back", "reason": f"{short(decision.bad)} failed: {decision.reason}"}
-        return self._row(at, started, "published", decision.to, mark)
 
     def _row(self, at: datetime, started: float, result: str, commit: str | None, mark: dict,
              error: str | None = None) -> SyncResult:

@@ -155,11 +155,11 @@ class Engine:
         """Wait for a trigger or the period's end; while a rollout runs, ask the app meanwhile."""
         due = time.monotonic() + self.config.period
         while True:
-            self._follow_rollout()
             left = max(0.0, due - time.monotonic())
             reason = self._wait_for_trigger(min(left, ROLLOUT_POLL) if self.deploys.active() else left)
             if reason != "poll" or time.monotonic() >= due:
                 return reason
+            self._follow_rollout()
 
     def _wait_for_trigger(self, timeout: float) -> str | None:
         """Block until a trigger or the period ends; fold a burst into one reason."""
@@ -217,6 +217,7 @@ class Engine:
         self._record(outcome)
         self._log(outcome)
         self._notify(outcome)
+        self._follow_rollout()   # once a cycle, before housekeeping: which trees the app runs
         self._housekeep()
         with self._lock:
             self._last_attempt_end = time.monotonic()
@@ -230,10 +231,12 @@ class Engine:
         if head.sha == current and self._current_tree_is_usable():
             self._apply_depth_change(head, deadline)
             return False
-        sha = self._fetch_with_recovery(head, deadline)
-        sha = self.deploys.choose(sha, current, self._current_tree_is_usable())   # bad or paused: None
+        fetched = self._fetch_with_recovery(head, deadline)
+        sha = self.deploys.choose(fetched, current, self._current_tree_is_usable())   # bad or paused: None
         if sha is None or (sha == current and self._current_tree_is_usable()):
             return False
+        if sha != fetched:   # held, and the published tree needs mending: a re-cloned .git lacks it
+            self._fetch(RemoteHead(sha, None), deadline)
         self.publisher.publish(sha, deadline)
         self._published_tree_damaged = False
         self._record_published(sha)
@@ -304,15 +307,18 @@ class Engine:
             log.warning("housekeeping after the sync failed: %s", err)
 
     def _follow_rollout(self) -> None:
-        """Ask the app how the rollout goes; a flip back is a history row of its own."""
-        row = self.deploys.follow(lambda sha, deadline: self._fetch(RemoteHead(sha, None), deadline))
-        if row is not None and row.published:
+        """Ask the app how the rollout goes; gitsync.deploy flips back if it must."""
+        self.deploys.follow(lambda sha, deadline: self._fetch(RemoteHead(sha, None), deadline),
+                            self._record_flip)
+
+    def _record_flip(self, row: SyncResult) -> None:
+        """A flip back is a history row of its own (trigger "rollback")."""
+        if row.published:
             self._published_tree_damaged = False
             self._record_published(row.commit)
-        if row is not None:
-            with self._lock:
-                self._history.append(row)
-            self._notify(row)
+        with self._lock:
+            self._history.append(row)
+        self._notify(row)
 
     # -- bookkeeping ------------------------------------------------------------------
 
