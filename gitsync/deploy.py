@@ -100,7 +100,7 @@ class Deployer:
             self._remember(key, begun[1])
         return replace(outcome, rollout=begun[1])
 
-    def follow(self, fetch_commit: Callable[[str, Deadline], None],
+    def follow(self, fetch_commit: Callable[[str, Deadline], object],
                record: Callable[[SyncResult], None]) -> None:
         """Ask the app once; flip back on a Rollback, and `record` the flip's history row
         before the rollout says "rolled_back" (a reader never sees it ahead of the link)."""
@@ -117,7 +117,7 @@ class Deployer:
         every other old tree may go at once)."""
         return self.rollouts.protected_commits(), self.rollouts.app_reports()
 
-    def _roll_back(self, decision: Rollback, fetch_commit: Callable[[str, Deadline], None],
+    def _roll_back(self, decision: Rollback, fetch_commit: Callable[[str, Deadline], object],
                    record: Callable[[SyncResult], None]) -> None:
         started, at, deadline = time.monotonic(), utc_now(), Deadline(self._sync_timeout)
         try:

@@ -313,7 +313,7 @@ class Engine:
 
     def _record_flip(self, row: SyncResult) -> None:
         """A flip back is a history row of its own (trigger "rollback")."""
-        if row.published:
+        if row.published and row.commit:
             self._published_tree_damaged = False
             self._record_published(row.commit)
         with self._lock:

@@ -52,7 +52,7 @@ class SyncResult:
         return self.result == "published"
 
     def to_dict(self) -> dict:
-        data = {"commit": self.commit, "at": rfc3339(self.at), "trigger": self.trigger,
+        data: dict = {"commit": self.commit, "at": rfc3339(self.at), "trigger": self.trigger,
                 "duration_ms": self.duration_ms, "result": self.result}
         if self.error:
             data["error"] = self.error

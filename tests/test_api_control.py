@@ -9,9 +9,8 @@ from __future__ import annotations
 import re
 
 import pytest
-from appserver import FakeApp, reload_status
-
 from apiutil import API_TOKEN, FORGE_BY_NAME, Api, api_factory  # noqa: F401
+from appserver import FakeApp, reload_status
 from gitutil import wait_for
 
 AUTH = {"Authorization": f"Bearer {API_TOKEN}"}

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 from appserver import FakeApp, reload_status
-
 from gitutil import git, published_sha, wait_for
 
 TIMEOUT = "5s"
@@ -57,7 +56,8 @@ def wait_rollout(engine, commit: str, state: str, timeout: float = 20) -> dict:
         now = data["rollout"] or {}
         made = state != "pending" or any(row["commit"] == commit for row in data["history"])
         return now.get("commit") == commit and now["state"] == state and made
-    wait_for(reached, timeout=timeout, message=f"rollout of {commit[:7]} to be {state} (is {rollout(engine)})")
+    wait_for(reached, timeout=timeout,
+             message=f"rollout of {commit[:7]} to be {state} (is {rollout(engine)})")
     return status(engine)
 
 
@@ -67,7 +67,7 @@ def sync_and_wait(engine) -> None:
     for _ in range(2):
         count = engine.status().sync_count
         engine.trigger("manual")
-        wait_for(lambda: engine.status().sync_count > count, message="a sync to end")
+        wait_for(lambda before=count: engine.status().sync_count > before, message="a sync to end")
 
 
 def starting(running: str, new: str) -> dict:
@@ -116,7 +116,8 @@ def test_a_good_publish_is_pending_until_the_app_runs_it_then_live(start, remote
     app.answer(reload_status(first))
     wait_rollout(engine, first, "live")
 
-    second = push(engine, remote, {"app/main.py": "print('v2')\n"}, "v2", lambda sha: starting(first, sha), app)
+    second = push(engine, remote, {"app/main.py": "print('v2')\n"}, "v2",
+                  lambda sha: starting(first, sha), app)
     data = wait_rollout(engine, second, "pending")
     assert data["commit"] == second and data["live_commit"] == first   # published, not live yet
     assert rows(data, 2) == [("webhook", second, "pending"), ("start", first, "live")]
@@ -133,7 +134,8 @@ def test_a_good_publish_is_pending_until_the_app_runs_it_then_live(start, remote
 def test_a_failing_push_is_rolled_back_marked_bad_and_not_published_again(start, remote, app, caplog):
     caplog.set_level(logging.INFO)
     engine, first = live_engine(start, remote, app)
-    bad = push(engine, remote, {"app/main.py": "print(\n"}, "a syntax error", lambda sha: failing(first, sha), app)
+    bad = push(engine, remote, {"app/main.py": "print(\n"}, "a syntax error",
+               lambda sha: failing(first, sha), app)
 
     data = wait_rollout(engine, bad, "rolled_back")
     assert link_of(engine) == first and data["commit"] == first and data["live_commit"] == first

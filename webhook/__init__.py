@@ -3,8 +3,8 @@
 `create_app(engine, config)` layers defaults, then gitsync's Config, then an
 optional test mapping, and registers one blueprint per module: `receiver`
 (inbound push webhooks), `status` (status, health, manual sync, the page),
-`control` (retry, pause, resume) and `metrics`. The API drives the engine only through `SyncController`; it never
-runs git and never waits for it.
+`control` (retry, pause, resume) and `metrics`. The API drives the engine only
+through `SyncController`; it never runs git and never waits for it.
 """
 
 from __future__ import annotations
@@ -46,7 +46,8 @@ class DeployControl(Protocol):
 class SyncController(Protocol):
     """All the API may ask of the engine."""
 
-    deploys: DeployControl
+    @property
+    def deploys(self) -> DeployControl: ...
 
     def trigger(self, reason: str) -> None: ...
     def status(self) -> Status: ...
