@@ -37,13 +37,14 @@ RowKey = tuple[str, datetime]   # a history row: its commit and when it started
 
 class Deployer:
     def __init__(self, rollouts: Rollouts | None, publisher: Publisher, config: Config, *,
-                 trigger: Callable[[str], None]):
+                 trigger: Callable[[str], None], stopping: Callable[[], bool] = lambda: False):
         """`rollouts` None: publishes are live at once, bad marks and the pause still kept."""
         self.rollouts = rollouts or Rollouts(config.root / STATE_DIR)
         self.ledger = self.rollouts.ledger
         self._publisher = publisher
         self._sync_timeout = config.sync_timeout
         self._trigger = trigger
+        self._stopping = stopping
         self._lock = threading.Lock()
         self._head: str | None = None
         self._held: str | None = None
@@ -124,6 +125,10 @@ class Deployer:
             fetch_commit(decision.to, deadline)   # a re-initialised repository may lack it
             self._publisher.publish(decision.to, deadline)   # rebuilds a damaged tree before the flip
         except (SyncError, OSError) as err:
+            if self._stopping():   # git was stopped, not refused: the rollback stays due for the next start
+                log.warning("rollout: stopping before %s is rolled back; the next start does it",
+                            short(decision.bad))
+                return
             log.error("rollout: rolling %s back to %s failed: %s", short(decision.bad),
                       short(decision.to), err)
             error = f"rollback: {one_line(str(err))}"

@@ -72,7 +72,8 @@ class Engine:
         self._published_tree_damaged = False
         self._depth_changed = False  # --depth differs from the last fetch's: fetch even if unchanged
         self._depth_recorded = False  # DEPTH_KEY holds this run's --depth
-        self.deploys = Deployer(rollouts, publisher, config, trigger=self.trigger)  # gitsync.deploy
+        self.deploys = Deployer(rollouts, publisher, config, trigger=self.trigger,  # gitsync.deploy
+                                stopping=self._stopping.is_set)
 
     # -- the interface the API, CLI and hooks use ----------------------------------
 
