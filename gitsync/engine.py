@@ -240,8 +240,8 @@ class Engine:
             self._fetch(RemoteHead(sha, None), deadline)
         self.publisher.publish(sha, deadline)
         self._published_tree_damaged = False
-        self._record_published(sha)
         self.deploys.begin(sha, current)
+        self._record_published(sha)
         return True
 
     def _current_tree_is_usable(self) -> bool:
