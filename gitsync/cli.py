@@ -12,13 +12,14 @@ from collections.abc import Sequence
 
 from . import config as config_module
 from .auth import Credentials
-from .config import Config
+from .config import STATE_DIR, Config
 from .engine import Engine
 from .fleet import Fleet
 from .git import GitRunner, git_environment
 from .hooks import ErrorFile, ExecHook, HookRunner, TouchFile, WebHook
 from .publish import Layout, Publisher
 from .repository import Repository
+from .rollout import Rollouts, probe_for
 
 log = logging.getLogger("gitsync")
 SHUTDOWN_GRACE = 1.5
@@ -61,7 +62,10 @@ def build_engine(config: Config) -> Engine:
                           stale_timeout=config.stale_worktree_timeout,
                           sparse_patterns=config.sparse_patterns,
                           submodules=config.submodules, depth=config.depth)
-    return Engine(config, repo, publisher, credentials=Credentials(config))
+    probe = probe_for(config.app_status_url, config.app_health_url, timeout=1.0)
+    rollouts = Rollouts(config.root / STATE_DIR, probe, timeout=config.rollout_timeout,
+                        rollback=config.rollback)
+    return Engine(config, repo, publisher, credentials=Credentials(config), rollouts=rollouts)
 
 
 def attach_hooks(config: Config, engine: Engine) -> list:

@@ -19,8 +19,11 @@ from . import __version__
 from .flags import OPTIONS, TABLE
 from .options import ConfigError, parse_host_port, parse_list
 
-__all__ = ["OPTIONS", "TABLE", "Config", "ConfigError", "parse_args", "load"]
+__all__ = ["OPTIONS", "TABLE", "STATE_DIR", "Config", "ConfigError", "parse_args", "load"]
 
+# <root>/.gitsync holds what rollouts keep (bad marks, pause); outside .git, which a
+# damaged repository loses when it is started again.
+STATE_DIR = ".gitsync"
 
 
 @dataclass(frozen=True)
@@ -259,7 +262,7 @@ def _resolve_link(link: str, repo: str, root: Path) -> Path:
     resolved = path if path.is_absolute() else root / path
     if resolved == root or resolved.name in ("", ".", ".."):
         raise ConfigError(f"--link: {link!r} is not a usable link name")
-    for own in (root / ".git", root / ".worktrees"):
+    for own in (root / ".git", root / ".worktrees", root / STATE_DIR):
         if resolved == own or own in resolved.parents:
             raise ConfigError(f"--link: {link!r} would be inside {own.name}, which gitsync keeps for "
                               "itself; choose another name")

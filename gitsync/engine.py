@@ -2,8 +2,9 @@
 
 The engine knows git and the layout; it knows nothing of HTTP. The API, the
 CLI and the hooks drive it through four calls: trigger(), status(), stop() and
-add_listener(). Triggers go through a SimpleQueue, whose put() is safe even
-from a signal handler, and a burst of them is folded into one cycle.
+add_listener(), and rollouts through `deploys` (gitsync.deploy: retry, pause).
+Triggers go through a SimpleQueue, whose put() is safe even from a signal
+handler, and a burst of them is folded into one cycle.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Callable, Protocol
 
 from . import recover
 from .config import Config
+from .deploy import ROLLOUT_POLL, Deployer
 from .git import CommitInfo, Deadline, GitError, GitRunner, RemoteHead, is_full_sha, redact_url
 from .model import Status, SyncError, SyncResult, utc_now
 from .publish import Publisher
@@ -44,7 +46,7 @@ class CredentialSource(Protocol):
 
 class Engine:
     def __init__(self, config: Config, repo: Repository, publisher: Publisher,
-                 credentials: CredentialSource | None = None):
+                 credentials: CredentialSource | None = None, rollouts=None):
         self.config = config
         self.repo = repo
         self.publisher = publisher
@@ -70,6 +72,8 @@ class Engine:
         self._published_tree_damaged = False
         self._depth_changed = False  # --depth differs from the last fetch's: fetch even if unchanged
         self._depth_recorded = False  # DEPTH_KEY holds this run's --depth
+        self.deploys = Deployer(rollouts, publisher, config, trigger=self.trigger,  # gitsync.deploy
+                                stopping=self._stopping.is_set)
 
     # -- the interface the API, CLI and hooks use ----------------------------------
 
@@ -98,8 +102,9 @@ class Engine:
                 link=str(self.config.link), state=self._state, started_at=self._started_at,
                 last_sync_at=self._last_sync_at, last_success_at=self._last_success_at,
                 last_error=self._last_error, consecutive_failures=self._failures,
-                sync_count=self._sync_count, history=tuple(reversed(self._history)),
-                version=self.config.version)
+                sync_count=self._sync_count, version=self.config.version,
+                history=self.deploys.annotate(tuple(reversed(self._history))),
+                deploy=self.deploys.snapshot())
 
     def is_healthy(self) -> bool:
         """Making progress: an attempt ended lately, and failures are within budget."""
@@ -145,11 +150,21 @@ class Engine:
                 log.error("%d consecutive sync failures (allowed: %d); exiting",
                           self._failures, self.config.max_failures)
                 return 1
-            reason = self._wait_for_trigger(self.config.period)
+            reason = self._next_trigger()
             if reason is None:
                 break
         self._set_state("stopped")
         return 0
+
+    def _next_trigger(self) -> str | None:
+        """Wait for a trigger or the period's end; while a rollout runs, ask the app meanwhile."""
+        due = time.monotonic() + self.config.period
+        while True:
+            left = max(0.0, due - time.monotonic())
+            reason = self._wait_for_trigger(min(left, ROLLOUT_POLL) if self.deploys.active() else left)
+            if reason != "poll" or time.monotonic() >= due:
+                return reason
+            self._follow_rollout()
 
     def _wait_for_trigger(self, timeout: float) -> str | None:
         """Block until a trigger or the period ends; fold a burst into one reason."""
@@ -179,6 +194,7 @@ class Engine:
         self._published_tree_damaged = found.published_damaged
         if found.published is not None:
             self._record_published(found.published)
+        self.deploys.resume()
         return found
 
     def _reinit_repo(self) -> None:
@@ -202,9 +218,11 @@ class Engine:
                              duration_ms=int((time.monotonic() - started) * 1000),
                              result=result, commit=self._commit, error=error,
                              tree=str(self.publisher.tree(self._commit)) if self._commit else None)
+        outcome = self.deploys.tag(outcome)
         self._record(outcome)
         self._log(outcome)
         self._notify(outcome)
+        self._follow_rollout()   # once a cycle, before housekeeping: which trees the app runs
         self._housekeep()
         with self._lock:
             self._last_attempt_end = time.monotonic()
@@ -214,14 +232,19 @@ class Engine:
         """Publish the remote's newest commit of the ref; False when nothing changed."""
         head = self._remote_head(deadline)
         current = self.publisher.published_sha()
+        self.deploys.ref_at(head.sha, current)
         if head.sha == current and self._current_tree_is_usable():
             self._apply_depth_change(head, deadline)
             return False
-        sha = self._fetch_with_recovery(head, deadline)
-        if sha == current and self._current_tree_is_usable():
+        fetched = self._fetch_with_recovery(head, deadline)
+        sha = self.deploys.choose(fetched, current, self._current_tree_is_usable())   # bad or paused: None
+        if sha is None or (sha == current and self._current_tree_is_usable()):
             return False
+        if sha != fetched:   # held, and the published tree needs mending: a re-cloned .git lacks it
+            self._fetch(RemoteHead(sha, None), deadline)
         self.publisher.publish(sha, deadline)
         self._published_tree_damaged = False
+        self.deploys.begin(sha, current)
         self._record_published(sha)
         return True
 
@@ -280,12 +303,27 @@ class Engine:
         if self._stopping.is_set():
             return
         try:
-            if self.publisher.remove_stale_trees():
+            keep, at_once = self.deploys.trees_to_keep()
+            if self.publisher.remove_stale_trees(keep, at_once=at_once):
                 self.repo.collect_garbage()
             if not self.publisher.spare_is_ready():
                 self.publisher.prepare_spare()
         except (SyncError, OSError) as err:
             log.warning("housekeeping after the sync failed: %s", err)
+
+    def _follow_rollout(self) -> None:
+        """Ask the app how the rollout goes; gitsync.deploy flips back if it must."""
+        self.deploys.follow(lambda sha, deadline: self._fetch(RemoteHead(sha, None), deadline),
+                            self._record_flip)
+
+    def _record_flip(self, row: SyncResult) -> None:
+        """A flip back is a history row of its own (trigger "rollback")."""
+        if row.published and row.commit:
+            self._published_tree_damaged = False
+            self._record_published(row.commit)
+        with self._lock:
+            self._history.append(row)
+        self._notify(row)
 
     # -- bookkeeping ------------------------------------------------------------------
 

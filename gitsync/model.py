@@ -8,7 +8,7 @@ sync timeout ran out. The API and the hooks read `SyncResult` and `Status`.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
@@ -35,7 +35,8 @@ def rfc3339(when: datetime | None) -> str | None:
 
 @dataclass(frozen=True)
 class SyncResult:
-    """What one cycle did; listeners (hooks, metrics) get one per attempt."""
+    """What one cycle did, or a flip back (trigger "rollback"); listeners (hooks, metrics)
+    get one per attempt."""
 
     trigger: str
     at: datetime
@@ -44,16 +45,19 @@ class SyncResult:
     commit: str | None        # the published commit after the cycle
     error: str | None = None
     tree: str | None = None   # the published tree's path, for hooks
+    rollout: dict | None = None   # {"result", "reason"} of the publish's rollout (gitsync.deploy)
 
     @property
     def published(self) -> bool:
         return self.result == "published"
 
     def to_dict(self) -> dict:
-        data = {"commit": self.commit, "at": rfc3339(self.at), "trigger": self.trigger,
+        data: dict = {"commit": self.commit, "at": rfc3339(self.at), "trigger": self.trigger,
                 "duration_ms": self.duration_ms, "result": self.result}
         if self.error:
             data["error"] = self.error
+        if self.rollout:
+            data["rollout"] = self.rollout
         return data
 
 
@@ -76,6 +80,7 @@ class Status:
     sync_count: int
     history: tuple[SyncResult, ...]
     version: str
+    deploy: dict = field(default_factory=dict)   # live_commit, rollout, bad_commits, paused, held
 
     def to_dict(self) -> dict:
         return {
@@ -88,4 +93,5 @@ class Status:
             "last_error": self.last_error, "consecutive_failures": self.consecutive_failures,
             "sync_count": self.sync_count,
             "history": [entry.to_dict() for entry in self.history], "version": self.version,
+            **self.deploy,
         }

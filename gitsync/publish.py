@@ -7,6 +7,7 @@
                                    ahead of time so the next publish writes only
                                    the files that changed
     <root>/<link> -> .worktrees/<sha>   relative, swapped by rename
+    <root>/.gitsync/               what rollouts keep (gitsync.rollout); never touched here
 
 This module speaks of trees and the link only; every file under .git is
 `Repository`'s. A published tree is never written again: git replaces a file by
@@ -371,10 +372,13 @@ class Publisher:
         self._left_at[sha] = time.monotonic()
         self.repo.write_state(PREVIOUS, sha)
 
-    def remove_stale_trees(self, keep: Iterable[str] = ()) -> list[str]:
+    def remove_stale_trees(self, keep: Iterable[str] = (), *, at_once: bool = False) -> list[str]:
         """Remove trees left longer ago than the stale timeout. Never the published one, the
-        previous one, or any commit in `keep` (e.g. trees an app still runs in)."""
-        kept = {self.layout.published_sha(), self.previous_sha(), *keep}
+        previous one, or any commit in `keep` (e.g. trees an app still runs in). `at_once`:
+        the app says which trees it runs in, and `keep` holds them: the others go now."""
+        kept = {self.layout.published_sha(), *keep}
+        if not at_once:
+            kept.add(self.previous_sha())
         now = time.monotonic()
         removed = []
         for entry in sorted(self.layout.worktrees.iterdir()):
@@ -382,7 +386,7 @@ class Publisher:
             if not is_full_sha(sha) or sha in kept:
                 continue
             left = self._left_at.setdefault(sha, now)
-            if now - left >= self.stale_timeout:
+            if at_once or now - left >= self.stale_timeout:
                 self._discard(entry)
                 self._left_at.pop(sha, None)
                 removed.append(sha)

@@ -127,3 +127,38 @@ def test_the_page_shows_a_failing_sync(fake_api, serve, browser):
     assert "Nothing published yet" in browser.text("commit")
     color = browser.run("return getComputedStyle(document.getElementById('state')).backgroundColor")
     assert color == "rgb(207, 34, 46)"   # the stylesheet loaded: failing is red
+
+
+def test_the_page_turns_red_when_a_push_is_rolled_back(api_factory, remote, serve, browser):
+    from appserver import FakeApp, reload_status
+
+    app = FakeApp()
+    try:
+        first = remote.head()
+        app.answer(reload_status(first))
+        api = api_factory(remote.url, "--app-status-url", app.url,
+                          test_config={"PAGE_REFRESH_SECONDS": 0.5})
+        wait_for(lambda: (api.engine.status().deploy["rollout"] or {}).get("state") == "live",
+                 message="the first publish to be live")
+        browser.open(serve(api.app) + "/")
+        assert browser.run("return document.getElementById('rollout-banner').hidden") is True
+
+        bad = remote.commit({"app/main.py": "print(\n"}, "a syntax error")
+        app.answer(reload_status(first, target=bad, attempt={
+            "commit": bad, "state": "failed", "reason": "exited 1: SyntaxError: '(' was never closed"}))
+        remote.push()
+        api.engine.trigger("webhook")
+
+        expected = (f"{bad[:7]} failed to start: exited 1: SyntaxError: '(' was never closed; "
+                    f"rolled back, serving {first[:7]}")
+        wait_for(lambda: browser.text("rollout-banner") == expected, timeout=20,
+                 message="the page to show the rollback without a reload")
+        assert browser.run("return document.getElementById('rollout-banner').hidden") is False
+        color = browser.run("return getComputedStyle(document.getElementById('rollout-banner')).backgroundColor")
+        assert color == "rgb(207, 34, 46)"
+        wait_for(lambda: "rolled back" in browser.run(
+            "return document.querySelector('#history tr').textContent"), timeout=5)
+        problems = [entry for entry in browser.console() if entry.get("level") == "SEVERE"]
+        assert problems == [], problems
+    finally:
+        app.stop()

@@ -138,6 +138,10 @@ def test_receiver_max_body_takes_units():
     (BASE + ["--link", ".git"], "--link: '.git' would be inside .git, which gitsync keeps for itself; choose another name"),
     (BASE + ["--link", ".worktrees/x"],
      "--link: '.worktrees/x' would be inside .worktrees, which gitsync keeps for itself; choose another name"),
+    (BASE + ["--link", ".gitsync"],   # what rollouts keep on the volume (bad marks) lives there
+     "--link: '.gitsync' would be inside .gitsync, which gitsync keeps for itself; choose another name"),
+    (BASE + ["--link", ".gitsync/app"],
+     "--link: '.gitsync/app' would be inside .gitsync, which gitsync keeps for itself; choose another name"),
 ])
 def test_settings_that_cannot_work_are_refused_at_start(argv, message):
     with pytest.raises(ConfigError) as err:

@@ -259,7 +259,8 @@ def test_root_that_exists_empty(remote, tmp_path):
     root.mkdir()
     _, result = sync(remote.url, root)
     assert result.result == "published"
-    assert sorted(p.name for p in root.iterdir()) == [".git", ".worktrees", "repo.git"]
+    # .gitsync: what rollouts keep (the live commit, bad marks, the pause), outside .git
+    assert sorted(p.name for p in root.iterdir()) == [".git", ".gitsync", ".worktrees", "repo.git"]
 
 
 def test_branch_switch_on_restart(remote, tmp_path):

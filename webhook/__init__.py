@@ -3,9 +3,9 @@
 `create_app(engine, config)` layers defaults, then gitsync's Config, then an
 optional test mapping, and registers one blueprint per module: `receiver`
 (inbound push webhooks), `status` (status, health, manual sync, the page),
-`metrics` and `peers` (the fleet: peer notifications and the fleet view, with
---peers only). The API drives the engine only through `SyncController`; it never
-runs git and never waits for it.
+`control` (retry, pause, resume), `metrics` and `peers` (the fleet: peer notifications
+and the fleet view, with --peers only). The API drives the engine only through
+`SyncController`; it never runs git and never waits for it.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from gitsync.config import Config
     from gitsync.fleet import Fleet
     from gitsync.model import Status, SyncResult
+    from gitsync.rollout import RolloutResult
 
     from .forges import DeliveryLog
     from .metrics import Metrics
@@ -38,8 +39,19 @@ QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 SERVER_BODY_HEADROOM = 1024 * 1024
 
 
+class DeployControl(Protocol):
+    """What the API may ask of rollouts (gitsync.deploy.Deployer)."""
+
+    def retry(self) -> list[str]: ...
+    def set_paused(self, paused: bool) -> None: ...
+    def add_listener(self, listener: Callable[[RolloutResult], None]) -> None: ...
+
+
 class SyncController(Protocol):
     """All the API may ask of the engine."""
+
+    @property
+    def deploys(self) -> DeployControl: ...
 
     def trigger(self, reason: str) -> None: ...
     def status(self) -> Status: ...
@@ -66,7 +78,7 @@ def services() -> Services:
 def create_app(engine: SyncController, config: Config,
                test_config: Mapping[str, Any] | None = None, fleet: Fleet | None = None) -> Flask:
     """`fleet`: the replica's peers (with --peers); without one the peer endpoints answer 404."""
-    from . import metrics, peers, receiver, status
+    from . import control, metrics, peers, receiver, status
     from .forges import DeliveryLog
 
     app = Flask(__name__)
@@ -94,6 +106,7 @@ def create_app(engine: SyncController, config: Config,
     app.register_blueprint(peers.bp if fleet else peers.off)
     app.register_blueprint(receiver.bp)
     app.register_blueprint(status.bp)
+    app.register_blueprint(control.bp)
     app.register_blueprint(metrics.bp)
     app.register_error_handler(HTTPException, _json_error)
     app.before_request(_start_clock)

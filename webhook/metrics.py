@@ -10,13 +10,23 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from flask import Blueprint, Response, abort, current_app
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Summary, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    Summary,
+    generate_latest,
+)
 from prometheus_client.core import GaugeMetricFamily
+
+from gitsync.rollout import RESULTS as ROLLOUT_RESULTS
 
 from . import services
 
 if TYPE_CHECKING:
     from gitsync.model import SyncResult
+    from gitsync.rollout import RolloutResult
 
     from . import SyncController
 
@@ -24,6 +34,8 @@ bp = Blueprint("metrics", __name__)
 
 # The engine's results in git-sync's words.
 SYNC_STATUS = {"published": "success", "unchanged": "noop", "error": "error"}
+# From a publish to live (or not): a reload takes a fraction of a second, a timeout 60 s.
+ROLLOUT_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
 
 class Metrics:
@@ -50,6 +62,7 @@ class Metrics:
             self.sync_duration.labels(status)
         self.registry.register(_EngineGauges(engine))
         engine.add_listener(self.observe_sync)
+        self._add_rollout_metrics(engine)
 
     def observe_sync(self, result: SyncResult) -> None:
         status = SYNC_STATUS.get(result.result, "error")
@@ -64,6 +77,21 @@ class Metrics:
 
     def count_peer_received(self, result: str) -> None:
         self.peer_received.labels(result).inc()
+
+    def _add_rollout_metrics(self, engine: SyncController) -> None:
+        self.rollouts = Counter(
+            "gitsync_rollouts", "Finished rollouts by result (live, rolled_back, failed, degraded, "
+            "superseded)", ["result"], registry=self.registry)
+        self.rollout_duration = Histogram(
+            "gitsync_rollout_duration_seconds", "From a publish to its rollout's result",
+            buckets=ROLLOUT_BUCKETS, registry=self.registry)
+        for result in ROLLOUT_RESULTS:
+            self.rollouts.labels(result)
+        engine.deploys.add_listener(self.observe_rollout)
+
+    def observe_rollout(self, result: RolloutResult) -> None:
+        self.rollouts.labels(result.result).inc()
+        self.rollout_duration.observe(result.duration_seconds)
 
 
 class _EngineGauges:

@@ -48,6 +48,16 @@ def readyz():
 
 @bp.post("/api/v1/sync")
 def sync_now():
+    refused = refuse_without_token()
+    if refused is not None:
+        return refused
+    services().engine.trigger("manual")
+    return jsonify(result="sync started"), 202
+
+
+def refuse_without_token():
+    """The answer to a control request without the API token (404: no token configured,
+    401: a missing or wrong one); None when the request may go on."""
     token = current_app.config["API_TOKEN"]
     if not token:
         return jsonify(error="the control API is off: no API token is configured"), 404
@@ -55,8 +65,7 @@ def sync_now():
         response = jsonify(error="missing or invalid bearer token")
         response.headers["WWW-Authenticate"] = 'Bearer realm="gitsync"'
         return response, 401
-    services().engine.trigger("manual")
-    return jsonify(result="sync started"), 202
+    return None
 
 
 def _bearer_matches(token: str) -> bool:

@@ -50,6 +50,35 @@
     );
   }
 
+  // The same words as the template's: what the last rollout came to, and what waits.
+  function rolloutBanner(status) {
+    var r = status.rollout || {};
+    var serving = short(status.live_commit || status.commit);
+    if (r.state === "rolled_back") {
+      return ["bad", short(r.commit) + " failed to start: " + r.reason + "; rolled back, serving " + serving];
+    }
+    if (r.state === "failed") { return ["bad", short(r.commit) + " failed to start: " + r.reason]; }
+    if (r.state === "degraded") { return ["bad", "degraded: " + r.reason]; }
+    if (r.state === "pending") { return ["busy", short(r.commit) + " is rolling out: waiting for the app to run it"]; }
+    return ["", ""];
+  }
+
+  function drawDeploy(status) {
+    var banner = rolloutBanner(status), box = $("rollout-banner"), note = $("deploy-note");
+    box.className = "banner " + banner[0];
+    box.textContent = banner[1];
+    box.hidden = !banner[1];
+    note.textContent = status.held ||
+      (status.paused ? "deploys are paused; POST /api/v1/resume to publish again" : "");
+    note.hidden = !note.textContent;
+  }
+
+  function rolloutCell(rollout) {
+    if (!rollout) { return el("td"); }
+    return el("td", {}, [el("span", { "class": "badge rollout-" + rollout.result, title: rollout.reason || "",
+                                      text: rollout.result.replace("_", " ") })]);
+  }
+
   function drawHistory(history) {
     var rows = history.map(function (entry) {
       var row = el("tr", { "class": "result-" + entry.result }, [
@@ -57,13 +86,14 @@
         el("td", { text: entry.trigger }),
         el("td", {}, [el("span", { "class": "badge result-" + entry.result, text: entry.result })]),
         el("td", {}, [el("code", { "class": "sha", title: entry.commit || "", text: short(entry.commit) })]),
+        rolloutCell(entry.rollout),
         el("td", { "class": "num", text: entry.duration_ms + " ms" })
       ]);
       if (entry.error) { row.title = entry.error; }
       return row;
     });
     if (!rows.length) {
-      rows = [el("tr", { "class": "empty" }, [el("td", { colspan: "5", "class": "muted", text: "No deploys yet." })])];
+      rows = [el("tr", { "class": "empty" }, [el("td", { colspan: "6", "class": "muted", text: "No deploys yet." })])];
     }
     $("history").replaceChildren.apply($("history"), rows);
   }
@@ -78,6 +108,7 @@
       status.tracked_ref && status.tracked_ref !== status.ref ? "(" + status.tracked_ref + ")" : "";
     document.title = "gitsync · " + status.ref + (status.commit ? " · " + short(status.commit) : "");
     drawCommit(status);
+    drawDeploy(status);
     $("error-box").hidden = !status.last_error;
     $("last-error").textContent = status.last_error || "";
     $("link").textContent = status.link;
