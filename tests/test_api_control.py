@@ -9,9 +9,9 @@ from __future__ import annotations
 import re
 
 import pytest
-from apiutil import API_TOKEN, FORGE_BY_NAME, Api, api_factory  # noqa: F401
+from support.api import API_TOKEN, FORGE_BY_NAME, Api
 from appserver import FakeApp, reload_status
-from gitutil import wait_for
+from support.waiting import wait_for
 
 AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
 REASON = "exited 1: SyntaxError: invalid syntax"

@@ -85,7 +85,7 @@ def test_credential_combinations_that_cannot_work_are_refused_at_start(argv, env
 
 
 def test_a_bad_environment_value_names_the_variable():
-    with pytest.raises(ConfigError, match="^GITSYNC_PERIOD: invalid duration"):
+    with pytest.raises(ConfigError, match=r"^--period \(GITSYNC_PERIOD\): invalid duration"):
         parse_args(BASE, {"GITSYNC_PERIOD": "often"})
 
 

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 from appserver import FakeApp, reload_status
-from gitutil import git, published_sha, wait_for
+from support.repos import git, published_sha
+from support.waiting import wait_for
 
 TIMEOUT = "5s"
 SYNTAX_ERROR = "exited 1: SyntaxError: '(' was never closed"

@@ -33,6 +33,27 @@ def utc(text: str = "2024-05-01T12:00:00") -> datetime:
     return datetime.fromisoformat(text).replace(tzinfo=timezone.utc)
 
 
+class FakeDeploys:
+    """The rollout controls the API may use (webhook.DeployControl), recording each call."""
+
+    def __init__(self) -> None:
+        self.paused = False
+        self.retried: list[str] = []
+        self.bad: list[str] = []          # what retry() clears
+        self.listeners: list[Callable] = []
+
+    def retry(self) -> list[str]:
+        cleared, self.bad = self.bad, []
+        self.retried.extend(cleared)
+        return cleared
+
+    def set_paused(self, paused: bool) -> None:
+        self.paused = paused
+
+    def add_listener(self, listener: Callable) -> None:
+        self.listeners.append(listener)
+
+
 class FakeEngine:
     """What the API sees of an engine; every field is the test's to set."""
 
@@ -55,6 +76,10 @@ class FakeEngine:
         self.ready: bool | None = None        # None: ready once a commit is published
         self.triggers: list[str] = []
         self.listeners: list[Callable[[SyncResult], None]] = []
+        self.deploys = FakeDeploys()
+        # What the status adds about rollouts (gitsync.deploy's snapshot), for the test to set.
+        self.deploy: dict = {"live_commit": commit, "rollout": None, "bad_commits": [], "paused": False,
+                             "held": None}
 
     # -- SyncController ---------------------------------------------------------------
 
@@ -68,7 +93,8 @@ class FakeEngine:
             started_at=self.started_at, last_sync_at=self.last_sync_at,
             last_success_at=self.last_success_at, last_error=self.last_error,
             consecutive_failures=self.consecutive_failures, sync_count=self.sync_count,
-            history=tuple(self.history), version=self.version)
+            history=tuple(self.history), version=self.version,
+            deploy={**self.deploy, "paused": self.deploys.paused})
 
     def is_healthy(self) -> bool:
         return self.healthy
