@@ -48,6 +48,7 @@ class Record:
     tree: str | None = None  # the tree CMD was last started in (or told about)
     status: int = 0  # how the last command ended, as a shell sees it (gitsync-reload's exit status)
     failure: str | None = None  # why the last attempt failed, one line: "exited 1", "killed by SIGSEGV"
+    failed_tree: str | None = None  # the tree of an attempt that failed before its command started (prepare)
     backoff: Backoff = field(default_factory=Backoff)
 
     def children(self) -> list[Child]:
@@ -60,3 +61,8 @@ class Record:
     def could_not_start(self, error: OSError) -> None:
         self.status = 127 if isinstance(error, FileNotFoundError) else 126
         self.failure = f"cannot start: {error.strerror or error}"
+
+    def attempt_failed(self, tree: str, reason: str) -> None:
+        """A step before the command (--prepare) failed for tree: nothing started there, and
+        what runs goes on running. reason is one line: "prepare failed: <its last line>"."""
+        self.failed_tree, self.failure = tree, reason

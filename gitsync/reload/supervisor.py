@@ -20,6 +20,7 @@ from gitsync.durations import format_duration
 from .child import Stopper
 from .config import ReloadConfig
 from .launcher import NotStarted, launcher_for
+from .prepare import preparer_for
 from .record import Record
 from .rollover import rollover_for, stop_signal
 from .systemd import NoActivation
@@ -38,6 +39,7 @@ class Supervisor:
         self.force_exit = threading.Event()  # a second SIGTERM/SIGINT: no grace period
         self.record = Record()
         self.launcher = launcher_for(config, activation, self.should_exit)
+        self.preparer = preparer_for(config, self.launcher.base_environ())  # --prepare: before a start
         self.stopper = Stopper(stop_signal(config), config.grace, self.force_exit, self.our_processes)
         self.rollover = rollover_for(config, self.record, self.stopper)
         self.watcher = LinkWatcher(config.link, self.should_exit)
@@ -68,6 +70,7 @@ class Supervisor:
                     self.debounce.touch()
                 self.tend()
         finally:
+            self.preparer.close()
             self.launcher.close()
             self.stop_all("shutting down")  # also on an unexpected error: never leave CMD behind
             self.watcher.close()
@@ -82,7 +85,8 @@ class Supervisor:
         return self.watcher.touched()
 
     def our_processes(self) -> list:
-        return [child.process for child in self.record.children()] + self.launcher.processes()
+        return ([child.process for child in self.record.children()] + self.launcher.processes()
+                + self.preparer.processes())
 
     def tend(self) -> None:
         self.launcher.tend()
@@ -90,7 +94,7 @@ class Supervisor:
         self.read_notices()
         self.notice_exit()
         self.rollover.tend()
-        if self.debounce.settled():
+        if self.debounce.settled() or self.preparer.busy:
             self.follow_link()
         if self.start_due():
             self.start()
@@ -122,12 +126,16 @@ class Supervisor:
     def follow_link(self) -> None:
         tree = resolve_tree(self.config.link)
         if tree is None or tree == self.record.tree:
+            if tree is not None:
+                self.preparer.cancel(f"the link is back at {os.path.basename(tree)}")
             return  # clean-up, temporary links, or a link that went away: keep what runs
         if self.record.backoff.due is not None:
             logger.info("link moved to %s; starting now instead of waiting", os.path.basename(tree))
             self.record.backoff.due = None
         if self.record.serving is None:
             return  # start_due(): nothing runs, so it starts at once
+        if self.preparer.environ_for(tree, self.record) is None:
+            return  # prepare first, then the rollover: the command serves on meanwhile, or if it failed
         if self.rollover.follow(tree):
             self.start()
 
@@ -144,9 +152,13 @@ class Supervisor:
             self.log_waiting()
             return
         self.waiting_logged = False
+        chosen = self.preparer.start_in(tree, self.record)
+        if chosen is None:
+            return  # its prepare runs (asked again next tick), or failed with nothing to go back to
+        tree, extra = chosen
         self.record.tree, self.record.backoff.due = tree, None
         try:
-            child = self.launcher.start(tree)
+            child = self.launcher.start(tree, extra)
         except NotStarted:
             return
         except OSError as error:
@@ -160,6 +172,7 @@ class Supervisor:
             self.record.starting = child
         logger.info("started pid %s in %s (GITSYNC_HASH=%s%s): %s", child.pid, tree, child.sha,
                     ", warm" if child.warm else "", " ".join(self.config.command))
+        self.preparer.used([tree, *(other.tree for other in self.record.children())])
 
     def stop_all(self, reason: str) -> None:
         """Signal every command at once, then wait for each; the status is the serving one's."""
