@@ -26,9 +26,9 @@ def spawn_group(argv: Sequence[str], cwd: str, env: Mapping[str, str],
                 pass_fds: Sequence[int] = (), output: int | None = None) -> subprocess.Popen:
     """Start argv as the leader of a new session and process group; raise OSError.
     With output=subprocess.PIPE its stdout and stderr come together on process.stdout."""
-    streams = {} if output is None else {"stdin": subprocess.DEVNULL, "stdout": output, "stderr": subprocess.STDOUT}
+    joined = subprocess.STDOUT if output is not None else None
     return subprocess.Popen(tuple(argv), cwd=cwd, env=dict(env), start_new_session=True, pass_fds=tuple(pass_fds),
-                            **streams)
+                            stdin=subprocess.DEVNULL if output is not None else None, stdout=output, stderr=joined)
 
 
 def signal_group(pgid: int, signum: int) -> None:

@@ -9,9 +9,7 @@ import json
 import os
 import shlex
 import signal
-import subprocess
 import sys
-import time
 import urllib.request
 import zipfile
 from pathlib import Path
@@ -19,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from gitsync.reload.config import DEFAULT_PREPARE_KEY, ConfigError, build_config
-from gitsync.reload.prepare import KEEP, Preparer, content_key, expand
+from gitsync.reload.cache import KEEP, content_key
+from gitsync.reload.prepare import Preparer, expand
 from test_reload import (  # noqa: F401  (trees, start_reload, child_script: fixtures)
     Reloader, Trees, child_script, free_port, gone, kill_group, refused_line, start_reload, stays, trees, wait_for,
 )
@@ -270,8 +269,8 @@ def test_sigterm_during_a_prepare_exits_promptly_and_leaves_nothing_running(setu
     reloader.send(signal.SIGTERM)
 
     assert reloader.exit_code(timeout=10) == 0  # the app's own status: it exits 0 on SIGTERM
-    for pid in (old["pid"], run["pid"], run["child"]):
-        wait_for(lambda: gone(pid), f"pid {pid} to be gone", 10, reloader)
+    pids = (old["pid"], run["pid"], run["child"])
+    wait_for(lambda: all(gone(pid) for pid in pids), f"pids {pids} to be gone", 10, reloader)
     assert setup.leftovers() == [] and "stopping the prepare of" in reloader.log()
 
 

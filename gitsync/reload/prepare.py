@@ -17,12 +17,9 @@ no command uses, keeping the KEEP most recently used.
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
 import logging
 import os
 import re
-import shutil
 import subprocess
 import threading
 import time
@@ -32,16 +29,12 @@ from dataclasses import dataclass
 from gitsync import procs
 from gitsync.durations import format_duration
 
+from . import cache
 from .config import ReloadConfig
 from .record import Record
 
 logger = logging.getLogger(__name__)
 
-KEEP = 3  # prepared directories kept besides the ones in use, for a quick flip back
-KEY_LENGTH = 24  # hex digits of the key: DIR/<key>
-KEY_NAME = re.compile(rf"[0-9a-f]{{{KEY_LENGTH}}}")  # only such entries of DIR are ever removed
-TEMP_PREFIX = ".prepare-"  # being made; locked (flock) by the gitsync-reload making it
-TRASH_PREFIX = ".remove-"  # renamed out of the way, then deleted
 LAST_LINE_MAX = 300  # characters of the last output line kept for the reason
 KILL_WAIT = 5.0  # for the leader after SIGKILL
 READER_WAIT = 2.0  # for the last output after the leader exited
@@ -57,22 +50,6 @@ class Outcome:
 
 
 BUSY = Outcome("busy")
-
-
-def content_key(tree: str, files: Iterable[str], command: Iterable[str]) -> str:
-    """A hash of each key file's content (or that it is missing) and of the command line."""
-    digest = hashlib.sha256()
-    for word in command:
-        digest.update(b"word\0" + word.encode() + b"\0")
-    for name in sorted(set(files)):
-        path = os.path.join(tree, name)
-        try:
-            with open(path, "rb") as handle:
-                content = hashlib.file_digest(handle, "sha256").digest()
-            digest.update(b"file\0" + name.encode() + b"\0" + content)
-        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
-            digest.update(b"missing\0" + name.encode() + b"\0")
-    return digest.hexdigest()[:KEY_LENGTH]
 
 
 def expand(words: Iterable[str], values: Mapping[str, str]) -> list[str]:
@@ -96,6 +73,7 @@ class Job:
 
     def relay(self) -> None:
         """Its output to our log as it comes; keep the last line that says something."""
+        assert self.process.stdout is not None  # spawned with output=PIPE
         for raw in self.process.stdout:
             line = raw.decode(errors="replace").rstrip()
             if line.strip():
@@ -129,7 +107,7 @@ class Job:
         if self.process.poll() is None:
             self.kill()
         os.close(self.lock)
-        remove(self.temp)
+        cache.remove(self.temp)
 
 
 class Preparer:
@@ -155,9 +133,9 @@ class Preparer:
         """What a start in tree adds to CMD's environment once its content is prepared;
         None while the prepare runs (ask again) or after it failed (a failed attempt)."""
         outcome = self.check(tree, record.serving.sha if record.serving is not None else "")
-        if outcome.state == "failed":
+        if outcome.reason is not None:
             record.attempt_failed(tree, outcome.reason)
-        return {"GITSYNC_CACHE": outcome.cache} if outcome.state == "ready" else None
+        return {"GITSYNC_CACHE": outcome.cache} if outcome.cache is not None else None
 
     def start_in(self, tree: str, record: Record) -> tuple[str, dict[str, str]] | None:
         """Where to start CMD: tree once prepared; while nothing serves and tree's prepare
@@ -176,7 +154,7 @@ class Preparer:
 
     def key_of(self, tree: str) -> str:
         if tree not in self.keys:
-            self.keys[tree] = content_key(tree, self.config.prepare_key, self.config.prepare)
+            self.keys[tree] = cache.content_key(tree, self.config.prepare_key, self.config.prepare)
         return self.keys[tree]
 
     def check(self, tree: str, prev: str) -> Outcome:
@@ -184,21 +162,21 @@ class Preparer:
         key = self.key_of(tree)
         if self.job is not None and self.job.key != key:
             self.cancel(f"the link moved on to {os.path.basename(tree)}")
-        cache = os.path.join(self.config.cache_dir, key)
-        if os.path.isdir(cache):
-            touch(cache)  # most recently used: kept longest
-            return Outcome("ready", cache=cache)
+        path = os.path.join(self.config.cache_dir, key)
+        if os.path.isdir(path):
+            cache.touch(path)  # most recently used: kept longest
+            return Outcome("ready", cache=path)
         if key in self.failed:
             self.report_refusal(tree, key)
             return Outcome("failed", reason=self.failed[key])
         if self.job is None:
             return self.begin(tree, key, prev)
-        return self.follow(cache)
+        return self.follow(self.job, path)
 
     def begin(self, tree: str, key: str, prev: str) -> Outcome:
         try:
             self.sweep()
-            temp, lock = make_temp(self.config.cache_dir, key)
+            temp, lock = cache.make_temp(self.config.cache_dir, key)
         except OSError as error:
             return self.fail(key, f"prepare failed: cannot make a directory in {self.config.cache_dir}: "
                                   f"{error.strerror or error}")
@@ -208,14 +186,13 @@ class Preparer:
             self.job = Job(argv, tree, key, temp, lock, {**self.environ, **values}, self.config.prepare_timeout)
         except OSError as error:
             os.close(lock)
-            remove(temp)
+            cache.remove(temp)
             return self.fail(key, f"prepare failed: cannot run {argv[0]}: {error.strerror or error}")
         logger.info("preparing %s in %s (pid %s, key %s): %s",
                     os.path.basename(tree), tree, self.job.process.pid, key, " ".join(argv))
         return BUSY
 
-    def follow(self, cache: str) -> Outcome:
-        job = self.job
+    def follow(self, job: Job, path: str) -> Outcome:
         result = job.result()
         if result is None:
             return BUSY
@@ -226,15 +203,15 @@ class Preparer:
             self.reported = job.tree  # said just now
             return self.fail(job.key, result)
         try:
-            os.rename(job.temp, cache)
+            os.rename(job.temp, path)
         except OSError:
-            if not os.path.isdir(cache):  # not another gitsync-reload's directory beating ours
+            if not os.path.isdir(path):  # not another gitsync-reload's directory beating ours
                 job.discard()
-                return self.fail(job.key, f"prepare failed: cannot rename it to {cache}")
+                return self.fail(job.key, f"prepare failed: cannot rename it to {path}")
         job.discard()  # unlocks; the temporary name is gone unless another one won
         logger.info("prepared %s in %.1fs: GITSYNC_CACHE=%s", os.path.basename(job.tree),
-                    time.monotonic() - job.started, cache)
-        return Outcome("ready", cache=cache)
+                    time.monotonic() - job.started, path)
+        return Outcome("ready", cache=path)
 
     def fail(self, key: str, reason: str) -> Outcome:
         self.failed[key] = reason
@@ -260,78 +237,16 @@ class Preparer:
         """Commands run in these trees now: remove other keys' directories but the KEEP newest."""
         in_use = {self.keys[tree] for tree in trees if tree in self.keys}
         self.keys = {tree: key for tree, key in self.keys.items() if key in in_use}
-        try:
-            names = [name for name in os.listdir(self.config.cache_dir) if KEY_NAME.fullmatch(name)]
-        except OSError:
-            return
-        paths = [os.path.join(self.config.cache_dir, name) for name in names]
-        spare = sorted((path for path in paths if os.path.basename(path) not in in_use),
-                       key=modified, reverse=True)
-        for path in spare[KEEP:]:
+        for path in cache.unused(self.config.cache_dir, in_use):
             logger.info("removing %s: no command uses it", path)
-            remove(path)
+            cache.remove(path)
 
     def sweep(self) -> None:
-        """Once: remove what a gitsync-reload that died left (no one holds its lock)."""
-        if self.swept:
-            return
-        os.makedirs(self.config.cache_dir, exist_ok=True)
-        self.swept = True
-        for name in os.listdir(self.config.cache_dir):
-            path = os.path.join(self.config.cache_dir, name)
-            if name.startswith(TRASH_PREFIX) or (name.startswith(TEMP_PREFIX) and not locked(path)):
-                remove(path)
+        """Once: remove what a gitsync-reload that died left behind."""
+        if not self.swept:
+            cache.sweep(self.config.cache_dir)
+            self.swept = True
 
-
-def make_temp(directory: str, key: str) -> tuple[str, int]:
-    """A new empty directory for key's prepare, locked (flock) while it is being made."""
-    os.makedirs(directory, exist_ok=True)
-    temp = os.path.join(directory, f"{TEMP_PREFIX}{key}-{os.urandom(4).hex()}")
-    os.mkdir(temp)
-    lock = os.open(temp, os.O_RDONLY | os.O_DIRECTORY)
-    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    return temp, lock
-
-
-def locked(path: str) -> bool:
-    """Another live gitsync-reload makes this directory now."""
-    try:
-        descriptor = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(descriptor)
-    return False
-
-
-def remove(path: str) -> None:
-    """Rename out of the way, then delete: no one ever sees a half-deleted DIR/<key>."""
-    trash = os.path.join(os.path.dirname(path), f"{TRASH_PREFIX}{os.path.basename(path)}-{os.urandom(4).hex()}")
-    try:
-        os.rename(path, trash)
-    except FileNotFoundError:
-        return
-    except OSError:
-        trash = path
-    shutil.rmtree(trash, ignore_errors=True)
-
-
-def touch(path: str) -> None:
-    try:
-        os.utime(path)
-    except OSError:
-        pass
-
-
-def modified(path: str) -> float:
-    try:
-        return os.stat(path).st_mtime
-    except OSError:
-        return 0.0
 
 
 class NoPrepare:

@@ -3,8 +3,10 @@
 Each tick it waits for the link (watch.py) or, while a new command starts beside the
 old one, for that command's READY=1; then it looks at the commands (record.py), lets
 the rollover strategy move them along (rollover.py), and starts one when due through
-the launcher (launcher.py). A signal handler only sets an event, and every wait is
-event.wait(timeout), so SIGTERM ends any wait at once.
+the launcher (launcher.py). With --prepare, a tree whose content is new is prepared
+first (prepare.py), while what runs goes on running: the loop asks each tick until the
+prepare has ended, and only then moves the commands along. A signal handler only sets
+an event, and every wait is event.wait(timeout), so SIGTERM ends any wait at once.
 """
 
 from __future__ import annotations
