@@ -8,7 +8,9 @@ import hashlib
 import json
 import os
 import shlex
+import shutil
 import signal
+import subprocess
 import sys
 import urllib.request
 import zipfile
@@ -244,6 +246,20 @@ def test_a_failing_prepare_keeps_the_old_app_serving_and_says_why(setup, start_r
     wait_for(lambda: gone(old["pid"]), "the old app to be gone", reloader=reloader)
 
 
+def test_an_old_app_that_crashes_while_the_new_tree_cannot_be_prepared_starts_again_in_its_own(setup, start_reload):
+    good, broken = setup.tree("tinydep==1.0\n"), setup.tree(mode="fail")
+    setup.trees.flip(good)
+    reloader = start(start_reload, setup)
+    old = serving(setup, reloader, good)
+    setup.trees.flip(broken)
+    reloader.wait_log("prepare failed: boom: the index said no", timeout=60)
+    os.kill(old["pid"], signal.SIGKILL)
+    again = wait_for(lambda: (answer := setup.answer()) and answer["pid"] != old["pid"] and answer,
+                     "the old app to answer again", 30, reloader)
+    assert (again["hash"], again["cache"], again["tinydep"]) == (good, old["cache"], "1.0")
+    assert len(setup.runs()) == 2  # the broken tree's key was not prepared again
+
+
 def test_a_prepare_that_hangs_is_killed_at_the_timeout_with_its_children(setup, start_reload):
     good, hangs = setup.tree(mode="ok"), setup.tree("tinydep==2.0\n", mode="hang")
     setup.trees.flip(good)
@@ -377,3 +393,82 @@ def test_bad_prepare_settings_exit_2_with_one_line(tmp_path, argv, env, named):
     with pytest.raises(ConfigError, match=named):
         build_config(argv, env)
     assert named in refused_line(tmp_path, argv, env)
+
+
+# --- the Python recipes in docs/reload.md, word for word (pip told by PIP_* to use the wheels) ---------
+
+TARGET_PREPARE = 'python -m pip install --target "$GITSYNC_CACHE/site" -r requirements.txt'
+TARGET_COMMAND = 'PYTHONPATH="$GITSYNC_CACHE/site" exec python app.py'
+VENV_PREPARE = ('sh -c "python -m venv $GITSYNC_CACHE/venv && $GITSYNC_CACHE/venv/bin/python -m pip install '
+                '-r requirements.txt"')
+VENV_COMMAND = 'exec "$GITSYNC_CACHE/venv/bin/python" app.py'
+
+
+@pytest.mark.parametrize("prepare, command", [(TARGET_PREPARE, TARGET_COMMAND), (VENV_PREPARE, VENV_COMMAND)],
+                         ids=["target", "venv"])
+def test_the_python_recipes_install_a_new_dependency(setup, start_reload, prepare, command):
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "reload.md").read_text()
+    assert f"--prepare '{prepare}'" in docs and f"-- sh -c '{command}'" in docs
+    shas = [setup.tree("# nothing yet\n"), setup.tree("tinydep==2.0\n")]
+    for sha in shas:
+        (Path(setup.trees.tree(sha)) / "app.py").write_text(APP)
+    setup.trees.flip(shas[0])
+    python = Path(sys.executable).parent  # `python` on PATH is this one, with pip
+    reloader = start_reload(
+        "--link", str(setup.trees.link), "--cache-dir", str(setup.cache), "--prepare-key", "requirements.txt",
+        "--prepare", prepare, command=["sh", "-c", command],
+        env={"PORT": str(setup.port), "PATH": f"{python}:{os.environ['PATH']}", "PIP_NO_INDEX": "1",
+             "PIP_FIND_LINKS": str(setup.wheels), "PIP_DISABLE_PIP_VERSION_CHECK": "1"},
+    )
+    assert serving(setup, reloader, shas[0])["tinydep"] is None
+    setup.trees.flip(shas[1])
+    assert serving(setup, reloader, shas[1])["tinydep"] == "2.0"
+
+
+# --- the Node recipe in docs/reload.md: npm ci from a local tarball, offline -------------------------
+
+NODE_APP = r"""
+const http = require("http");
+let version = null;
+try { version = require("tiny"); } catch (error) {}
+http.createServer((req, res) => res.end(JSON.stringify({hash: process.env.GITSYNC_HASH, pid: process.pid,
+    tinydep: version, cache: process.env.GITSYNC_CACHE}))).listen(Number(process.env.PORT), "127.0.0.1");
+process.on("SIGTERM", () => process.exit(0));
+"""
+NODE_PREPARE = 'sh -c "cp package.json package-lock.json $GITSYNC_CACHE/ && npm ci --prefix $GITSYNC_CACHE"'
+NODE_COMMAND = 'NODE_PATH="$GITSYNC_CACHE/node_modules" exec node server.js'
+
+
+def npm(*args: str, cwd: Path) -> None:
+    subprocess.run(["npm", *args, "--offline", "--no-audit", "--no-fund"], cwd=cwd, check=True,
+                   capture_output=True, timeout=120)
+
+
+@pytest.mark.skipif(shutil.which("npm") is None or shutil.which("node") is None, reason="needs node and npm")
+def test_the_node_recipe_installs_a_new_dependency_with_npm_ci(setup, start_reload, tmp_path):
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "reload.md").read_text()
+    assert f"--prepare '{NODE_PREPARE}'" in docs and f"-- sh -c '{NODE_COMMAND}'" in docs
+    package = tmp_path / "tiny"
+    package.mkdir()
+    (package / "package.json").write_text('{"name": "tiny", "version": "1.0.0", "main": "index.js"}')
+    (package / "index.js").write_text('module.exports = "1.0";\n')
+    npm("pack", "--silent", cwd=package)
+    shas = []
+    for dependencies in ({}, {"tiny": f"file:{package / 'tiny-1.0.0.tgz'}"}):
+        sha = setup.trees.make()
+        tree = Path(setup.trees.tree(sha))
+        (tree / "server.js").write_text(NODE_APP)
+        (tree / "package.json").write_text(json.dumps({"name": "app", "version": "1.0.0",
+                                                       "dependencies": dependencies}))
+        npm("install", "--package-lock-only", cwd=tree)
+        shas.append(sha)
+    setup.trees.flip(shas[0])
+    reloader = start_reload("--link", str(setup.trees.link), "--cache-dir", str(setup.cache),
+                            "--prepare-key", "package.json,package-lock.json", "--prepare", NODE_PREPARE,
+                            command=["sh", "-c", NODE_COMMAND],
+                            env={"PORT": str(setup.port), "npm_config_offline": "true"})
+    assert serving(setup, reloader, shas[0])["tinydep"] is None
+    setup.trees.flip(shas[1])
+    after = serving(setup, reloader, shas[1])
+    assert after["tinydep"] == "1.0" and (Path(after["cache"]) / "node_modules" / "tiny").is_dir()
+    assert not (Path(setup.trees.tree(shas[1])) / "node_modules").exists()  # the tree is never written to

@@ -138,19 +138,29 @@ class Preparer:
         return {"GITSYNC_CACHE": outcome.cache} if outcome.cache is not None else None
 
     def start_in(self, tree: str, record: Record) -> tuple[str, dict[str, str]] | None:
-        """Where to start CMD: tree once prepared; while nothing serves and tree's prepare
-        failed, the tree CMD last ran in (a crash meanwhile does not take the old app away)."""
+        """Where to start CMD: tree once prepared. While nothing serves and tree's prepare
+        runs or failed, the tree CMD last ran in, if prepared: a crash meanwhile does not
+        take the old app away."""
         extra = self.environ_for(tree, record)
         if extra is not None:
             return tree, extra
         last = record.tree
-        if self.busy or record.serving is not None or last in (None, tree) or not os.path.isdir(last):
+        if record.serving is not None or last in (None, tree) or not os.path.isdir(last):
             return None
-        extra = self.environ_for(last, record)
-        if extra is None:
+        path = self.prepared(last)
+        if path is None:
             return None
-        logger.info("starting it again in %s, where it ran before: %s", os.path.basename(last), record.failure)
-        return last, extra
+        logger.info("starting it again in %s, where it ran before: %s", os.path.basename(last),
+                    f"{os.path.basename(tree)} is being prepared" if self.busy else record.failure)
+        return last, {"GITSYNC_CACHE": path}
+
+    def prepared(self, tree: str) -> str | None:
+        """DIR/<key> of tree if it is made; never starts or stops a prepare."""
+        path = os.path.join(self.config.cache_dir, self.key_of(tree))
+        if not os.path.isdir(path):
+            return None
+        cache.touch(path)  # most recently used: kept longest
+        return path
 
     def key_of(self, tree: str) -> str:
         if tree not in self.keys:
@@ -162,10 +172,10 @@ class Preparer:
         key = self.key_of(tree)
         if self.job is not None and self.job.key != key:
             self.cancel(f"the link moved on to {os.path.basename(tree)}")
-        path = os.path.join(self.config.cache_dir, key)
-        if os.path.isdir(path):
-            cache.touch(path)  # most recently used: kept longest
+        path = self.prepared(tree)
+        if path is not None:
             return Outcome("ready", cache=path)
+        path = os.path.join(self.config.cache_dir, key)
         if key in self.failed:
             self.report_refusal(tree, key)
             return Outcome("failed", reason=self.failed[key])

@@ -96,8 +96,10 @@ class Supervisor:
         self.read_notices()
         self.notice_exit()
         self.rollover.tend()
-        if self.debounce.settled() or self.preparer.busy:
+        if self.debounce.settled():
             self.follow_link()
+        elif self.preparer.busy:
+            self.move_to(resolve_tree(self.config.link))  # the prepare may have ended
         if self.start_due():
             self.start()
 
@@ -134,10 +136,14 @@ class Supervisor:
         if self.record.backoff.due is not None:
             logger.info("link moved to %s; starting now instead of waiting", os.path.basename(tree))
             self.record.backoff.due = None
-        if self.record.serving is None:
+        self.move_to(tree)
+
+    def move_to(self, tree: str | None) -> None:
+        """Prepare first (asked again each tick while it runs), then the rollover."""
+        if tree is None or tree == self.record.tree or self.record.serving is None:
             return  # start_due(): nothing runs, so it starts at once
         if self.preparer.environ_for(tree, self.record) is None:
-            return  # prepare first, then the rollover: the command serves on meanwhile, or if it failed
+            return  # the command serves on while the prepare runs, and if it failed
         if self.rollover.follow(tree):
             self.start()
 
