@@ -219,7 +219,7 @@ class Preparer:
                 job.discard()
                 return self.fail(job.key, f"prepare failed: cannot rename it to {path}")
         job.discard()  # unlocks; the temporary name is gone unless another one won
-        logger.info("prepared %s in %.1fs: GITSYNC_CACHE=%s", os.path.basename(job.tree),
+        logger.info("prepared %s in %.2fs: GITSYNC_CACHE=%s", os.path.basename(job.tree),
                     time.monotonic() - job.started, path)
         return Outcome("ready", cache=path)
 
