@@ -30,7 +30,12 @@ def run(ctx: Context, opts) -> tuple[dict, list[str]]:
     remote = Remote(ctx)
     wheels = ctx.tempdir("wheels")
     build_wheel(wheels, *WHEEL)
-    data = common.guarded(push_to_live, ctx, opts, remote, wheels)
+    data = common.guarded(push_to_live, ctx, opts, remote, wheels, prepare=True)
+    if "error" not in data:
+        baseline = common.guarded(push_to_live, ctx, opts, remote, wheels, prepare=False)
+        data["no_prepare"] = baseline.get("same_key", baseline)
+        data["ratio_same_key_over_no_prepare_p50"] = common.ratio(data["same_key"]["p50_ms"],
+                                                                  data["no_prepare"].get("p50_ms"))
     return {"pushes_each": opts.prepare_pushes, "settle_s": opts.settle, "reload_args": " ".join(RELOAD_ARGS),
             "prepare": prepare_line(wheels), **data}, report(data)
 
@@ -94,7 +99,9 @@ def prepare_line(wheels: Path) -> str:
     return f'{pip} --target "$GITSYNC_CACHE/site" -r {KEY_FILE}'
 
 
-def push_to_live(ctx: Context, opts, remote: Remote, wheels: Path) -> dict:
+def push_to_live(ctx: Context, opts, remote: Remote, wheels: Path, prepare: bool) -> dict:
+    """Pushes alternating same key / new key (with --prepare), or message-only pushes
+    without --prepare (the baseline)."""
     root = ctx.tempdir("prepare-live")
     port = common.free_port()
     webhook = ctx.api_problem is None
@@ -110,9 +117,10 @@ def push_to_live(ctx: Context, opts, remote: Remote, wheels: Path) -> dict:
         first = sync.wait_published(60)
         if first is None:
             raise RuntimeError(f"gitsync published nothing: {common.failure_line(sync.proc.output)}")
-        reloader = ctx.start([str(BIN / "gitsync-reload"), "--link", str(sync.link), *RELOAD_ARGS,
-                              "--prepare", prepare_line(wheels), "--prepare-key", KEY_FILE,
-                              "--cache-dir", str(root / "cache"), "--", str(BIN / "python"), f"{APP_DIR}/app.py"],
+        options = ["--prepare", prepare_line(wheels), "--prepare-key", KEY_FILE,
+                   "--cache-dir", str(root / "cache")] if prepare else []
+        reloader = ctx.start([str(BIN / "gitsync-reload"), "--link", str(sync.link), *RELOAD_ARGS, *options,
+                              "--", str(BIN / "python"), f"{APP_DIR}/app.py"],
                              "reload-prepare", env={"PORT": str(port), "HOST": "127.0.0.1"})
         if wait_for_body(port, first, LIVE_TIMEOUT) is None:
             raise RuntimeError(f"the demo app never answered: {common.failure_line(reloader.output)}")
@@ -120,8 +128,8 @@ def push_to_live(ctx: Context, opts, remote: Remote, wheels: Path) -> dict:
             host, api_port = sync.api.split("//")[1].split(":")
             conn = http.client.HTTPConnection(host, int(api_port), timeout=10)
         time.sleep(opts.settle)
-        for number in range(2 * opts.prepare_pushes):
-            kind = "new_key" if number % 2 else "same_key"
+        for number in range(2 * opts.prepare_pushes if prepare else opts.prepare_pushes):
+            kind = "new_key" if number % 2 and prepare else "same_key"
             sha, pushed = remote.commit_and_push(change_key=kind == "new_key")
             if conn is not None:
                 status, _ = common.post_github(conn, SECRET, common.github_push(f"refs/heads/{common.BRANCH}", sha))
@@ -150,13 +158,16 @@ def push_to_live(ctx: Context, opts, remote: Remote, wheels: Path) -> dict:
 def report(data: dict) -> list[str]:
     if "error" in data:
         return [f"prepare: FAILED ({data['error']})"]
-    rows = [[title, data[key]["n"], common.fmt(data[key]["p50_ms"], " ms"), common.fmt(data[key]["p95_ms"], " ms")]
-            for key, title in (("same_key", "push leaves the key files alone (no prepare)"),
+    rows = [[title, data[key].get("n", "-"), common.fmt(data[key].get("p50_ms"), " ms"),
+             common.fmt(data[key].get("p95_ms"), " ms")]
+            for key, title in (("no_prepare", "baseline: no --prepare at all"),
+                               ("same_key", "push leaves the key files alone (no prepare)"),
                                ("new_key", "push changes extra-requirements.txt (pip runs)"))]
     return [common.table(
         f"push -> live, demo app under gitsync-reload {' '.join(RELOAD_ARGS)} --prepare 'pip install --target "
         f"$GITSYNC_CACHE/site -r {KEY_FILE}' (a local wheel, --no-index); trigger: {data['trigger']}",
         ["push", "n", "p50", "p95"], rows),
-        f"ratio new key / same key (p50): {common.fmt(data['ratio_p50'], 'x')}; prepare runs: "
+        f"ratio new key / same key (p50): {common.fmt(data['ratio_p50'], 'x')}; same key / no --prepare: "
+        f"{common.fmt(data.get('ratio_same_key_over_no_prepare_p50'), 'x')}; prepare runs: "
         f"{data['prepare_runs']} (the first start included); the prepare itself, as logged: "
         f"p50 {common.fmt(data['prepare_s']['p50_ms'], ' ms')}"]
