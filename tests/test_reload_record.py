@@ -29,3 +29,12 @@ def test_the_record_says_how_the_last_attempt_failed(tmp_path):
     record.could_not_start(FileNotFoundError(2, "No such file or directory"))
     assert (record.status, record.failure) == (127, "cannot start: No such file or directory")
     assert record.children() == []
+
+
+def test_a_step_before_the_command_records_its_failed_attempt_and_tree(tmp_path):
+    record = Record(tree=str(tmp_path / "old"))
+    record.attempt_failed(str(tmp_path / "new"), "prepare failed: ERROR: No matching distribution")
+    assert (record.failed_tree, record.failure) == (str(tmp_path / "new"), "prepare failed: ERROR: No matching distribution")
+    assert (record.tree, record.status) == (str(tmp_path / "old"), 0)  # what runs is not touched
+    record.could_not_start(PermissionError(13, "Permission denied"))
+    assert (record.failed_tree, record.failure) == (None, "cannot start: Permission denied")

@@ -155,7 +155,8 @@ OPTIONS: tuple[Option, ...] = (
            default_text="none"),
     Option("--prepare-key", parse_key_files, DEFAULT_PREPARE_KEY, "comma list of paths in the tree whose "
            "content is the key (default: the usual Python and Node lock and requirement files; a missing one "
-           "counts too): the same content reuses DIR/<key> without preparing again", metavar="FILES"),
+           "counts too): the same content reuses DIR/<key> without preparing again", metavar="FILES",
+           default_text=", ".join(DEFAULT_PREPARE_KEY)),
     Option("--prepare-timeout", parse_timeout, DEFAULT_PREPARE_TIMEOUT, "kill the prepare command "
            "(its whole process group) after this long; the attempt fails", metavar="DURATION", default_text="10m"),
     Option("--cache-dir", str, None, "where prepared directories live: DIR/<key>, passed as $GITSYNC_CACHE "

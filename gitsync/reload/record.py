@@ -48,7 +48,7 @@ class Record:
     tree: str | None = None  # the tree CMD was last started in (or told about)
     status: int = 0  # how the last command ended, as a shell sees it (gitsync-reload's exit status)
     failure: str | None = None  # why the last attempt failed, one line: "exited 1", "killed by SIGSEGV"
-    failed_tree: str | None = None  # the tree of an attempt that failed before its command started (prepare)
+    failed_tree: str | None = None  # set when `failure` is about a tree where no command started (prepare)
     backoff: Backoff = field(default_factory=Backoff)
 
     def children(self) -> list[Child]:
@@ -56,11 +56,11 @@ class Record:
 
     def ended_on_its_own(self, child: Child, status: int) -> None:
         self.status = status
-        self.failure = procs.describe_exit(child.process.returncode)
+        self.failure, self.failed_tree = procs.describe_exit(child.process.returncode), None
 
     def could_not_start(self, error: OSError) -> None:
         self.status = 127 if isinstance(error, FileNotFoundError) else 126
-        self.failure = f"cannot start: {error.strerror or error}"
+        self.failure, self.failed_tree = f"cannot start: {error.strerror or error}", None
 
     def attempt_failed(self, tree: str, reason: str) -> None:
         """A step before the command (--prepare) failed for tree: nothing started there, and
