@@ -352,8 +352,8 @@ def start_app(demo: Demo) -> subprocess.Popen:
 def prepare_options(demo: Demo) -> list[str]:
     """pip, told to put the packages in the directory gitsync-reload gives this content.
     None for a remote kept from a demo older than extra-requirements.txt: pip would fail."""
-    found = subprocess.run(["git", "--git-dir", str(demo.remote), "cat-file", "-e", f"HEAD:{EXTRA_REQUIREMENTS}"],
-                           capture_output=True)
+    probe = ["git", "--git-dir", str(demo.remote), "cat-file", "-e", f"HEAD:{EXTRA_REQUIREMENTS}"]
+    found = subprocess.run(probe, capture_output=True)
     if found.returncode != 0:
         return []
     pip = shlex.join([sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check"])

@@ -66,7 +66,8 @@ def locked(path: str) -> bool:
 
 def remove(path: str) -> None:
     """Rename out of the way, then delete: no one ever sees a half-deleted DIR/<key>."""
-    trash = os.path.join(os.path.dirname(path), f"{TRASH_PREFIX}{os.path.basename(path)}-{os.urandom(4).hex()}")
+    name = f"{TRASH_PREFIX}{os.path.basename(path)}-{os.urandom(4).hex()}"
+    trash = os.path.join(os.path.dirname(path), name)
     try:
         os.rename(path, trash)
     except FileNotFoundError:

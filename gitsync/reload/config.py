@@ -13,8 +13,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from gitsync.options import (ConfigError, Option, Table, parse_bool, parse_host_port, parse_list, parse_seconds,
-                             parse_signal)
+from gitsync.options import (ConfigError, Option, Table, parse_bool, parse_host_port, parse_list,
+                             parse_seconds, parse_signal)
 
 from .pycommand import PythonCommand, parse_modules, parse_python_command
 
@@ -149,8 +149,8 @@ OPTIONS: tuple[Option, ...] = (
            metavar="HOST:PORT", default_text="off: CMD binds its own port"),
     Option("--ready-timeout", parse_seconds, DEFAULT_READY_TIMEOUT, "with --listen: stop the old CMD when "
            "the new one sends READY=1 to $NOTIFY_SOCKET, or after this long"),
-    Option("--prepare", parse_command_line, (), "run this command in a new tree before the first start there, "
-           "when its --prepare-key files hold new content (a command line split like argv, no shell; "
+    Option("--prepare", parse_command_line, (), "run this command in a new tree before the first start "
+           "there, when its --prepare-key files hold new content (a command line split like argv, no shell; "
            "$GITSYNC_CACHE, $GITSYNC_HASH, $GITSYNC_PREV_HASH in it are replaced)", metavar="CMD",
            default_text="none"),
     Option("--prepare-key", parse_key_files, DEFAULT_PREPARE_KEY, "comma list of paths in the tree whose "
@@ -158,7 +158,8 @@ OPTIONS: tuple[Option, ...] = (
            "counts too): the same content reuses DIR/<key> without preparing again", metavar="FILES",
            default_text=", ".join(DEFAULT_PREPARE_KEY)),
     Option("--prepare-timeout", parse_timeout, DEFAULT_PREPARE_TIMEOUT, "kill the prepare command "
-           "(its whole process group) after this long; the attempt fails", metavar="DURATION", default_text="10m"),
+           "(its whole process group) after this long; the attempt fails", metavar="DURATION",
+           default_text="10m"),
     Option("--cache-dir", str, None, "where prepared directories live: DIR/<key>, passed as $GITSYNC_CACHE "
            "to the prepare command and to CMD", metavar="DIR", default_text="${TMPDIR:-/tmp}/gitsync-reload"),
     Option("--preload", parse_modules, (), "for CMD `python SCRIPT` or `python -m MODULE`: keep one "
@@ -181,8 +182,8 @@ def build_config(argv: Sequence[str], environ: Mapping[str, str]) -> ReloadConfi
     if modules and signal_only:
         raise ConfigError("--preload warms the next start, and --signal-only never restarts CMD: use one of them")
     if values["prepare"] and signal_only:
-        raise ConfigError("--prepare hands each new tree its own $GITSYNC_CACHE at a start, and --signal-only "
-                          "never restarts CMD: use one of them")
+        raise ConfigError("--prepare hands each new tree its own $GITSYNC_CACHE at a start, and "
+                          "--signal-only never restarts CMD: use one of them")
     if modules and getattr(sys, "frozen", False):
         # A single executable has no Python of its own to give the command's interpreter.
         raise ConfigError("--preload needs gitsync-reload installed as a Python package; this build is one executable")

@@ -39,7 +39,8 @@ LAST_LINE_MAX = 300  # characters of the last output line kept for the reason
 KILL_WAIT = 5.0  # for the leader after SIGKILL
 READER_WAIT = 2.0  # for the last output after the leader exited
 VARIABLES = ("GITSYNC_CACHE", "GITSYNC_HASH", "GITSYNC_PREV_HASH")  # replaced in the command's words
-_REFERENCE = re.compile(r"\$(?:\{(" + "|".join(VARIABLES) + r")\}|(" + "|".join(VARIABLES) + r")(?![A-Za-z0-9_]))")
+_NAMES = "|".join(VARIABLES)
+_REFERENCE = re.compile(rf"\$(?:\{{({_NAMES})\}}|({_NAMES})(?![A-Za-z0-9_]))")  # $NAME or ${NAME}
 
 
 @dataclass(frozen=True)
@@ -99,7 +100,8 @@ class Job:
         try:
             self.process.wait(timeout=KILL_WAIT)
         except subprocess.TimeoutExpired:
-            logger.error("prepare pid %s survived SIGKILL for %s", self.process.pid, format_duration(KILL_WAIT))
+            logger.error("prepare pid %s survived SIGKILL for %s", self.process.pid,
+                         format_duration(KILL_WAIT))
         self.reader.join(READER_WAIT)
 
     def discard(self) -> None:
@@ -193,7 +195,8 @@ class Preparer:
         values = {"GITSYNC_CACHE": temp, "GITSYNC_HASH": os.path.basename(tree), "GITSYNC_PREV_HASH": prev}
         argv = expand(self.config.prepare, values)
         try:
-            self.job = Job(argv, tree, key, temp, lock, {**self.environ, **values}, self.config.prepare_timeout)
+            environ = {**self.environ, **values}
+            self.job = Job(argv, tree, key, temp, lock, environ, self.config.prepare_timeout)
         except OSError as error:
             os.close(lock)
             cache.remove(temp)
@@ -231,13 +234,14 @@ class Preparer:
         if tree != self.reported:
             self.reported = tree
             logger.warning("not preparing %s: its %s are as in a prepare that failed (%s); waiting for a "
-                           "commit that changes them", os.path.basename(tree), ",".join(self.config.prepare_key),
-                           self.failed[key])
+                           "commit that changes them", os.path.basename(tree),
+                           ",".join(self.config.prepare_key), self.failed[key])
 
     def cancel(self, why: str) -> None:
         job, self.job = self.job, None
         if job is not None:
-            logger.info("stopping the prepare of %s (pid %s): %s", os.path.basename(job.tree), job.process.pid, why)
+            logger.info("stopping the prepare of %s (pid %s): %s",
+                        os.path.basename(job.tree), job.process.pid, why)
             job.discard()
 
     def close(self) -> None:
