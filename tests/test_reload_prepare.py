@@ -20,7 +20,7 @@ import pytest
 
 from gitsync.reload.config import DEFAULT_PREPARE_KEY, ConfigError, build_config
 from gitsync.reload.cache import KEEP, content_key
-from gitsync.reload.prepare import Preparer, expand
+from gitsync.reload.prepare import Preparer, expand, redacted
 from test_reload import (  # noqa: F401  (trees, start_reload, child_script: fixtures)
     Reloader, Trees, child_script, free_port, gone, kill_group, refused_line, start_reload, stays, trees, wait_for,
 )
@@ -340,6 +340,11 @@ def test_only_the_three_variables_are_replaced_in_the_words():
     values = {"GITSYNC_CACHE": "/c", "GITSYNC_HASH": "abc", "GITSYNC_PREV_HASH": ""}
     words = ["$GITSYNC_CACHE/site", "${GITSYNC_HASH}.txt", "$GITSYNC_HASHES", "$HOME", "x$GITSYNC_PREV_HASH"]
     assert expand(words, values) == ["/c/site", "abc.txt", "$GITSYNC_HASHES", "$HOME", "x"]
+
+
+def test_a_url_s_credentials_stay_out_of_the_log_line():
+    argv = ["pip", "install", "--index-url", "https://user:s3cret@pypi.example/simple", "-r", "requirements.txt"]
+    assert redacted(argv) == "pip install --index-url https://***@pypi.example/simple -r requirements.txt"
 
 
 def test_old_key_directories_go_but_those_in_use_and_the_newest_stay(tmp_path):

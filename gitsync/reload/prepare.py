@@ -51,11 +51,17 @@ class Outcome:
 
 
 BUSY = Outcome("busy")
+_CREDENTIALS = re.compile(r"(://)[^/@\s]+@")
 
 
 def expand(words: Iterable[str], values: Mapping[str, str]) -> list[str]:
     """Replace $GITSYNC_CACHE, ${GITSYNC_HASH}, ... in each word; nothing else (no shell runs)."""
     return [_REFERENCE.sub(lambda match: values[match.group(1) or match.group(2)], word) for word in words]
+
+
+def redacted(argv: Iterable[str]) -> str:
+    """The command line for the log, without the credentials of a URL in it (an index URL)."""
+    return " ".join(_CREDENTIALS.sub(r"\1***@", word) for word in argv)
 
 
 class Job:
@@ -202,7 +208,7 @@ class Preparer:
             cache.remove(temp)
             return self.fail(key, f"prepare failed: cannot run {argv[0]}: {error.strerror or error}")
         logger.info("preparing %s in %s (pid %s, key %s): %s",
-                    os.path.basename(tree), tree, self.job.process.pid, key, " ".join(argv))
+                    os.path.basename(tree), tree, self.job.process.pid, key, redacted(argv))
         return BUSY
 
     def follow(self, job: Job, path: str) -> Outcome:
