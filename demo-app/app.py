@@ -22,6 +22,7 @@ import logging
 import os
 import socket
 import subprocess
+import sys
 from collections.abc import Mapping
 
 from flask import Flask, jsonify, render_template
@@ -125,7 +126,15 @@ def create_app(settings: Mapping | None = None) -> Flask:
     return app
 
 
+def use_prepared_packages(environ: Mapping[str, str]) -> None:
+    """Put extra-requirements.txt, as gitsync-reload --prepare installed it, first on the path.
+    (Not PYTHONPATH: with --preload the interpreter started before the prepare ran.)"""
+    if environ.get("GITSYNC_CACHE"):
+        sys.path.insert(0, os.path.join(environ["GITSYNC_CACHE"], "site"))
+
+
 def main() -> None:
+    use_prepared_packages(os.environ)
     from waitress import create_server
 
     logging.basicConfig()  # as waitress.serve() does: its warnings reach stderr

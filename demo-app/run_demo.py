@@ -6,6 +6,8 @@ Everything lives in DEMO_DIR (default `.demo/`, git-ignored; `make clean` remove
                       this demo app; its post-receive hook sends gitsync a signed
                       GitHub-style push event, as a forge would
     sync/             gitsync's --root; sync/app is the link it publishes
+    cache/            gitsync-reload's --cache-dir: demo-app/extra-requirements.txt as
+                      installed by its --prepare, one directory per content
     receiver-secret   the shared secret the hook signs with (mode 0600, new each run)
     api-token         the bearer token for POST /api/v1/sync (mode 0600, new each run)
     gitsync.log       what gitsync prints
@@ -13,7 +15,8 @@ Everything lives in DEMO_DIR (default `.demo/`, git-ignored; `make clean` remove
 
 gitsync polls the remote every 10s and syncs at once when the hook's push event
 arrives; gitsync-reload runs `python demo-app/app.py` inside the published tree and
-restarts it when the link flips. Once the app answers, this prints `app: URL`,
+restarts it when the link flips, after installing demo-app/extra-requirements.txt with
+pip when a push changed it. Once the app answers, this prints `app: URL`,
 `status: URL` and `remote: PATH`, then waits. SIGINT (Ctrl-C) or SIGTERM stops the app,
 then gitsync, and leaves no process behind.
 
@@ -30,6 +33,7 @@ import fcntl
 import json
 import os
 import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -48,7 +52,8 @@ APP_SOURCE = ROOT / "demo-app"
 BIN = Path(sys.executable).parent
 # The tree a push publishes, laid out as the Dockerfile and k8s/ expect: the app at
 # demo-app/, the greeting at the top (app.py reads the top-level message.txt first).
-APP_FILES = ("app.py", "requirements.txt", "README.md", "templates")
+APP_FILES = ("app.py", "requirements.txt", "extra-requirements.txt", "README.md", "templates")
+EXTRA_REQUIREMENTS = "demo-app/extra-requirements.txt"  # the --prepare key: pip installs it on change
 FIRST_MESSAGE = "Hello from gitsync! Edit message.txt, commit, push, and watch this page change.\n"
 IDENTITY = ("-c", "user.name=gitsync demo", "-c", "user.email=demo@example.invalid")
 # Every process this run starts carries this variable, so a stray one can be found.
@@ -335,12 +340,25 @@ def start_gitsync(demo: Demo) -> subprocess.Popen:
 def start_app(demo: Demo) -> subprocess.Popen:
     # waitress finishes requests in flight on SIGINT (not on SIGTERM), so that is the signal;
     # --listen keeps the port open across restarts (the app serves on the socket it is handed);
-    # --preload runs each start in an interpreter that has imported Flask and waitress already.
+    # --preload runs each start in an interpreter that has imported Flask and waitress already;
+    # --prepare installs extra-requirements.txt when a push changed it, before that start.
     return start(demo, "app", [
         str(BIN / "gitsync-reload"), "--link", str(demo.link), "--signal", "INT",
         "--grace", f"{RELOAD_GRACE:g}s", "--listen", f"127.0.0.1:{demo.app_port}",
-        "--preload", "flask,waitress", "--", sys.executable, "demo-app/app.py",
+        "--preload", "flask,waitress", *prepare_options(demo), "--", sys.executable, "demo-app/app.py",
     ], {"PORT": str(demo.app_port), "HOST": "127.0.0.1"})
+
+
+def prepare_options(demo: Demo) -> list[str]:
+    """pip, told to put the packages in the directory gitsync-reload gives this content.
+    None for a remote kept from a demo older than extra-requirements.txt: pip would fail."""
+    probe = ["git", "--git-dir", str(demo.remote), "cat-file", "-e", f"HEAD:{EXTRA_REQUIREMENTS}"]
+    found = subprocess.run(probe, capture_output=True)
+    if found.returncode != 0:
+        return []
+    pip = shlex.join([sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check"])
+    return ["--prepare", f'{pip} --target "$GITSYNC_CACHE/site" -r {EXTRA_REQUIREMENTS}',
+            "--prepare-key", EXTRA_REQUIREMENTS, "--cache-dir", str(demo.dir / "cache")]
 
 
 def get_json(url: str) -> dict | None:

@@ -23,9 +23,12 @@ GROUP_POLL = 0.01  # a process group has nothing to wait on; look this often whi
 
 
 def spawn_group(argv: Sequence[str], cwd: str, env: Mapping[str, str],
-                pass_fds: Sequence[int] = ()) -> subprocess.Popen:
-    """Start argv as the leader of a new session and process group; raise OSError."""
-    return subprocess.Popen(tuple(argv), cwd=cwd, env=dict(env), start_new_session=True, pass_fds=tuple(pass_fds))
+                pass_fds: Sequence[int] = (), output: int | None = None) -> subprocess.Popen:
+    """Start argv as the leader of a new session and process group; raise OSError.
+    With output=subprocess.PIPE its stdout and stderr come together on process.stdout."""
+    joined = subprocess.STDOUT if output is not None else None
+    return subprocess.Popen(tuple(argv), cwd=cwd, env=dict(env), start_new_session=True, pass_fds=tuple(pass_fds),
+                            stdin=subprocess.DEVNULL if output is not None else None, stdout=output, stderr=joined)
 
 
 def signal_group(pgid: int, signum: int) -> None:

@@ -203,7 +203,10 @@ def test_a_push_to_the_demo_remote_is_served_by_the_demo_app(demo, tmp_path):
     assert served
     assert get_json(f"{ready['app']}version") == {"commit": new, "message": "Pushed by the demo test"}
     # --preload: the new commit ran in the interpreter that had imported Flask beforehand.
-    assert f"(GITSYNC_HASH={new}, warm)" in (demo.demo_dir / "app.log").read_text(), demo.output()
+    app_log = (demo.demo_dir / "app.log").read_text()
+    assert f"(GITSYNC_HASH={new}, warm)" in app_log, demo.output()
+    # --prepare: extra-requirements.txt was prepared once, for the first commit; the push left it alone.
+    assert app_log.count("preparing ") == 1 and f"prepared {first}" in app_log, demo.output()
 
     running = "\n".join(processes_under(demo.demo_dir))   # so the check below can see them
     assert "gitsync --repo" in running and "gitsync-reload" in running, running

@@ -51,3 +51,11 @@ def test_a_retry_of_a_failed_commit_stays_failed_until_it_is_ready(tmp_path):
     assert record.state() == "ready" and record.attempt is None
     record.stopping = True
     assert record.state() == "stopped"
+
+
+def test_a_step_before_the_command_records_its_failed_attempt(tmp_path):
+    record = Record(tree=str(tmp_path / "old"))
+    record.attempt_failed("new", "prepare failed: ERROR: No matching distribution")
+    assert record.failure == "prepare failed: ERROR: No matching distribution"
+    assert record.snapshot()["attempt"] == {"commit": "new", "state": "failed",
+                                            "reason": "prepare failed: ERROR: No matching distribution"}

@@ -377,7 +377,7 @@ def test_a_step_before_the_command_that_fails_is_a_failed_attempt(trees):
     from gitsync.reload.systemd import NoActivation
 
     class FailingStep(ColdLauncher):
-        def start(self, tree: str):
+        def start(self, tree: str, extra=None):
             raise StartFailed("prepare failed: npm ERR! missing script: build", output="npm ERR! missing script: build")
 
     sha = make(trees)

@@ -14,6 +14,8 @@ Parts (arrows point down the list only):
     supervisor.py   the loop: lifecycle and signals
     rollover.py     how to move to a new tree: Restart | SignalOnly | HandOff (--listen)
     launcher.py     how a command starts: cold | warm (--preload, spare.py)
+    prepare.py      --prepare: before the first start for new content, and before the
+                    rollover; cache.py: DIR/<key> per content, made aside and renamed
     watch.py        did the link's name change? (the only watchfiles user)
     record.py       the serving command, the one starting, the attempt and why it failed
     status.py       --status-bind: GET /api/v1/status, answered from the record's snapshot

@@ -6,6 +6,7 @@ The one place that reads them; every bad value is one line (ConfigError), exit 2
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import sys
 import urllib.parse
@@ -14,8 +15,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from gitsync.durations import format_duration
-from gitsync.options import (ConfigError, Option, Table, parse_bool, parse_host_port, parse_seconds,
-                             parse_signal)
+from gitsync.options import (ConfigError, Option, Table, parse_bool, parse_host_port, parse_list,
+                             parse_seconds, parse_signal)
 
 from .pycommand import PythonCommand, parse_modules, parse_python_command
 
@@ -27,6 +28,14 @@ DEFAULT_GRACE = 10.0
 DEFAULT_DEBOUNCE = 0.05  # long enough to fold a burst of flips into one restart
 DEFAULT_READY_TIMEOUT = 10.0
 DEFAULT_STATUS_BIND = ("127.0.0.1", 9101)  # loopback: the pod's containers share it, nothing else needs it
+DEFAULT_PREPARE_TIMEOUT = 600.0
+# The usual lock and requirement files of Python and Node projects; a missing one counts too.
+DEFAULT_PREPARE_KEY = (
+    "requirements.txt", "constraints.txt", "pyproject.toml", "setup.py", "setup.cfg", "Pipfile",
+    "Pipfile.lock", "poetry.lock", "pdm.lock", "uv.lock",
+    "package.json", "package-lock.json", "npm-shrinkwrap.json", "yarn.lock", "pnpm-lock.yaml",
+)
+CACHE_DIR_NAME = "gitsync-reload"  # under $TMPDIR (or /tmp) unless --cache-dir says otherwise
 
 EPILOG = """\
 examples:
@@ -45,6 +54,11 @@ examples:
   # zero-downtime: hold port 8000 and hand it to each command as fd 3; start the new
   # one beside the old, stop the old one once the new one sent READY=1
   gitsync-reload --link /repo/app --listen 0.0.0.0:8000 --signal INT -- python app.py
+
+  # a push that changes requirements.txt installs it (once per content) before the app starts
+  gitsync-reload --link /repo/app --prepare-key requirements.txt \\
+      --prepare 'python -m pip install --target $GITSYNC_CACHE/site -r requirements.txt' \\
+      -- sh -c 'PYTHONPATH="$GITSYNC_CACHE/site" exec python app.py'
 
   # start each new app in an interpreter that imported Flask and waitress beforehand
   gitsync-reload --link /repo/app --listen 0.0.0.0:8000 --signal INT \\
@@ -69,6 +83,16 @@ With --preload, CMD must be `python [OPTIONS] SCRIPT` or `python [OPTIONS] -m MO
 One spare interpreter (CMD's python) imports the modules ahead of time and waits; each
 start runs the script in it, in the new tree, and a new spare follows. List installed
 packages only: the spare imports before the tree it will run exists.
+
+With --prepare, the first start in a tree whose --prepare-key files hold content not
+prepared before runs the prepare command there first (its own process group, up to
+--prepare-timeout), with GITSYNC_CACHE naming an empty directory it fills; once it
+succeeds, the directory becomes DIR/<key> and every command started for that content
+gets GITSYNC_CACHE=DIR/<key>. A push that leaves the key files alone starts at once.
+The command line is split like a shell's words, but no shell runs it: only
+$GITSYNC_CACHE, $GITSYNC_HASH and $GITSYNC_PREV_HASH (or ${...}) in it are replaced.
+The running command is stopped only after the prepare succeeded; a failed one leaves it
+running, and the same content is not prepared again.
 """
 
 
@@ -101,7 +125,37 @@ class ReloadConfig:
     report_output: bool  # keep the last lines of each command's output for the status
     preload: tuple[str, ...]  # modules a spare interpreter imports ahead of each start
     python: PythonCommand | None  # CMD split as Python reads it (with preload)
+    prepare: tuple[str, ...]  # run in a new tree before the first start there; () = off
+    prepare_key: tuple[str, ...]  # paths in the tree whose content decides whether to prepare
+    prepare_timeout: float
+    cache_dir: str  # absolute: DIR/<key> per prepared content
     environ: Mapping[str, str] = field(repr=False, compare=False)  # the command's base environment
+
+
+def parse_command_line(text: str) -> tuple[str, ...]:
+    """'pip install -r "my reqs.txt"' -> its words, as a shell splits them (no shell runs them)."""
+    try:
+        return tuple(shlex.split(text))
+    except ValueError as error:  # shlex says "No closing quotation"
+        raise ValueError(f"cannot split {text!r} into words: {str(error).lower()}") from None
+
+
+def parse_key_files(text: str) -> tuple[str, ...]:
+    """'requirements.txt, web/package-lock.json' -> paths inside the tree."""
+    paths = parse_list(text)
+    if not paths:
+        raise ValueError("expected one or more paths in the tree, separated by commas")
+    for path in paths:
+        if os.path.isabs(path) or ".." in path.split("/"):
+            raise ValueError(f"{path!r} is not a path inside the tree")
+    return paths
+
+
+def parse_timeout(text: str) -> float:
+    seconds = parse_seconds(text)
+    if seconds == 0:
+        raise ValueError("must be more than 0")
+    return seconds
 
 
 OPTIONS: tuple[Option, ...] = (
@@ -131,6 +185,19 @@ OPTIONS: tuple[Option, ...] = (
            "(besides READY=1)", default_text="off"),
     Option("--report-output", parse_bool, False, "keep the last lines of CMD's stdout and stderr (still "
            "passed through) and show them in the status when it fails"),
+    Option("--prepare", parse_command_line, (), "run this command in a new tree before the first start "
+           "there, when its --prepare-key files hold new content (a command line split like argv, no shell; "
+           "$GITSYNC_CACHE, $GITSYNC_HASH, $GITSYNC_PREV_HASH in it are replaced)", metavar="CMD",
+           default_text="none"),
+    Option("--prepare-key", parse_key_files, DEFAULT_PREPARE_KEY, "comma list of paths in the tree whose "
+           "content is the key (default: the usual Python and Node lock and requirement files; a missing one "
+           "counts too): the same content reuses DIR/<key> without preparing again", metavar="FILES",
+           default_text=", ".join(DEFAULT_PREPARE_KEY)),
+    Option("--prepare-timeout", parse_timeout, DEFAULT_PREPARE_TIMEOUT, "kill the prepare command "
+           "(its whole process group) after this long; the attempt fails", metavar="DURATION",
+           default_text="10m"),
+    Option("--cache-dir", str, None, "where prepared directories live: DIR/<key>, passed as $GITSYNC_CACHE "
+           "to the prepare command and to CMD", metavar="DIR", default_text="${TMPDIR:-/tmp}/gitsync-reload"),
     Option("--preload", parse_modules, (), "for CMD `python SCRIPT` or `python -m MODULE`: keep one "
            "interpreter ready that has imported these installed packages (e.g. flask,waitress), and run "
            "the next start in it", metavar="MODULE,...", default_text="none: every start is a fresh interpreter"),
@@ -151,6 +218,9 @@ def build_config(argv: Sequence[str], environ: Mapping[str, str]) -> ReloadConfi
     command = _require_command(values["command"])
     if modules and signal_only:
         raise ConfigError("--preload warms the next start, and --signal-only never restarts CMD: use one of them")
+    if values["prepare"] and signal_only:
+        raise ConfigError("--prepare hands each new tree its own $GITSYNC_CACHE at a start, and "
+                          "--signal-only never restarts CMD: use one of them")
     if modules and getattr(sys, "frozen", False):
         # A single executable has no Python of its own to give the command's interpreter.
         raise ConfigError("--preload needs gitsync-reload installed as a Python package; this build is one executable")
@@ -169,6 +239,10 @@ def build_config(argv: Sequence[str], environ: Mapping[str, str]) -> ReloadConfi
         report_output=values["report_output"],
         preload=modules,
         python=_parse_python_command(command) if modules else None,
+        prepare=values["prepare"],
+        prepare_key=values["prepare_key"],
+        prepare_timeout=values["prepare_timeout"],
+        cache_dir=_cache_dir(values["cache_dir"], environ),
         environ=MappingProxyType(dict(environ)),
     )
 
@@ -178,6 +252,12 @@ def _check_readiness(values: dict) -> None:
     if after is not None and after >= timeout:
         raise ConfigError(f"--ready-after ({format_duration(after)}) must be shorter than --ready-timeout "
                           f"({format_duration(timeout)}), or no command is ever ready")
+def _cache_dir(value: str | None, environ: Mapping[str, str]) -> str:
+    if value is None:
+        value = os.path.join(environ.get("TMPDIR") or "/tmp", CACHE_DIR_NAME)
+    if not value.strip():
+        raise ConfigError("--cache-dir: must not be empty")
+    return os.path.abspath(value)
 
 
 def _absolute_link(value: str) -> str:

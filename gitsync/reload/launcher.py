@@ -1,7 +1,8 @@
 """How a command is started: cold (a fresh process in its own group) or warm (--preload:
 in a spare interpreter that imported the modules beforehand, cold when there is none).
 
-Interface the loop uses: `start(tree)` -> Child, raising OSError, StartFailed or NotStarted;
+Interface the loop uses: `start(tree, extra)` -> Child, raising OSError, StartFailed or
+NotStarted;
 `tend()` every tick; `child_ready()` when a command sent READY=1; `processes()` (its
 own children, for reaping); `close()`; `fatal` once it gave up.
 """
@@ -54,11 +55,12 @@ class ColdLauncher:
         self.should_exit = should_exit
         self.fatal: str | None = None  # why gitsync-reload must give up (exit 2)
 
-    def start(self, tree: str) -> Child:
-        """Start CMD in tree, with GITSYNC_HASH and its own NOTIFY_SOCKET."""
+    def start(self, tree: str, extra: Mapping[str, str] | None = None) -> Child:
+        """Start CMD in tree, with GITSYNC_HASH, extra (GITSYNC_CACHE with --prepare) and
+        (--listen) its own NOTIFY_SOCKET."""
         notices, environ = self.activation.prepare()
         try:
-            process, warm = self.launch(tree, {"GITSYNC_HASH": os.path.basename(tree), **environ})
+            process, warm = self.launch(tree, {"GITSYNC_HASH": os.path.basename(tree), **(extra or {}), **environ})
         except BaseException:
             if notices is not None:
                 notices.close()

@@ -3,9 +3,12 @@
 Each tick it waits for the link (watch.py) or, while a new command starts beside the
 old one, for that command's READY=1; then it looks at the commands (record.py), lets
 the rollover strategy move them along (rollover.py), and starts one when due through
-the launcher (launcher.py). A signal handler only sets an event, and every wait is
-event.wait(timeout), so SIGTERM ends any wait at once. At the end of each tick the
-record's snapshot goes to the status board (status.py), which the API answers from.
+the launcher (launcher.py). With --prepare, a tree whose content is new is prepared
+first (prepare.py), while what runs goes on running: the loop asks each tick until the
+prepare has ended, and only then moves the commands along. A signal handler only sets
+an event, and every wait is event.wait(timeout), so SIGTERM ends any wait at once. At
+the end of each tick the record's snapshot goes to the status board (status.py), which
+the API answers from.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from gitsync.durations import format_duration
 from .child import Stopper
 from .config import ReloadConfig
 from .launcher import NotStarted, StartFailed, launcher_for
+from .prepare import preparer_for
 from .record import Record
 from .rollover import rollover_for, stop_signal
 from .status import Board
@@ -41,6 +45,7 @@ class Supervisor:
         self.force_exit = threading.Event()  # a second SIGTERM/SIGINT: no grace period
         self.record = Record()
         self.launcher = launcher_for(config, activation, self.should_exit)
+        self.preparer = preparer_for(config, self.launcher.base_environ())  # --prepare: before a start
         self.stopper = Stopper(stop_signal(config), config.grace, self.force_exit, self.our_processes)
         self.rollover = rollover_for(config, self.record, self.stopper)
         self.watcher = LinkWatcher(config.link, self.should_exit)
@@ -75,6 +80,7 @@ class Supervisor:
         finally:
             self.record.stopping = True
             self.publish()
+            self.preparer.close()
             self.launcher.close()
             self.stop_all("shutting down")  # also on an unexpected error: never leave CMD behind
             self.watcher.close()
@@ -94,7 +100,8 @@ class Supervisor:
         self.board.publish(self.record.snapshot())
 
     def our_processes(self) -> list:
-        return [child.process for child in self.record.children()] + self.launcher.processes()
+        return ([child.process for child in self.record.children()] + self.launcher.processes()
+                + self.preparer.processes())
 
     def tend(self) -> None:
         self.launcher.tend()
@@ -104,6 +111,8 @@ class Supervisor:
         self.rollover.tend()
         if self.debounce.settled():
             self.follow_link()
+        elif self.preparer.busy:
+            self.move_to(resolve_tree(self.config.link))  # the prepare may have ended
         if self.start_due():
             self.start()
 
@@ -134,16 +143,24 @@ class Supervisor:
     def follow_link(self) -> None:
         tree = resolve_tree(self.config.link)
         if tree is None or tree == self.record.tree:
+            if tree is not None:
+                self.preparer.cancel(f"the link is back at {os.path.basename(tree)}")
             return  # clean-up, temporary links, or a link that went away: keep what runs
         if self.record.backoff.due is not None:
             logger.info("link moved to %s; starting now instead of waiting", os.path.basename(tree))
             self.record.backoff.due = None
-        if self.record.serving is None:
+        self.move_to(tree)
+
+    def move_to(self, tree: str | None) -> None:
+        """Prepare first (asked again each tick while it runs), then the rollover."""
+        if tree is None or tree == self.record.tree or self.record.serving is None:
             return  # start_due(): nothing runs, so it starts at once
         if tree == self.record.serving.runs:
             # e.g. a rollback while the new one crash-loops: the one serving goes on
             self.rollover.back_to_serving(self.record.serving, tree)
             return
+        if self.preparer.environ_for(tree, self.record) is None:
+            return  # the command serves on while the prepare runs, and if it failed
         if self.rollover.follow(tree):
             self.start()
 
@@ -160,10 +177,14 @@ class Supervisor:
             self.log_waiting()
             return
         self.waiting_logged = False
+        chosen = self.preparer.start_in(tree, self.record)
+        if chosen is None:
+            return  # its prepare runs (asked again next tick), or failed with nothing to go back to
+        tree, extra = chosen
         self.record.tree, self.record.backoff.due = tree, None
         self.record.attempt_starting(os.path.basename(tree))
         try:
-            child = self.launcher.start(tree)
+            child = self.launcher.start(tree, extra)
         except NotStarted:
             return
         except StartFailed as failed:
@@ -182,6 +203,7 @@ class Supervisor:
             self.record.starting = child
         logger.info("started pid %s in %s (GITSYNC_HASH=%s%s): %s", child.pid, tree, child.sha,
                     ", warm" if child.warm else "", " ".join(self.config.command))
+        self.preparer.used([tree, *(other.tree for other in self.record.children())])
 
     def stop_all(self, reason: str) -> None:
         """Signal every command at once, then wait for each; the status is the serving one's."""
