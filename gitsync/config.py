@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from . import __version__
+from .compat import Credential, parse_git_config
 from .flags import OPTIONS, TABLE
 from .options import ConfigError, parse_host_port, parse_list
 
@@ -30,6 +31,16 @@ class Peers:
     dns_name: str | None
     port: int | None
     addresses: tuple[tuple[str, int], ...] = ()
+
+
+@dataclass(frozen=True)
+class GitHubApp:
+    """--github-app-*: who signs the JWT, and which installation's token syncs."""
+
+    base_url: str
+    issuer: str                     # the client ID, or the application ID as text
+    installation_id: int
+    private_key: bytes = field(repr=False)
 
 
 @dataclass(frozen=True)
@@ -80,6 +91,18 @@ class Config:
     peer_secret: bytes | None = field(repr=False)
     log_format: str
     verbose: int
+    git: str = "git"
+    git_gc: str = "auto"
+    filter: str = ""
+    init_period: float = 0.0
+    init_max_failures: int | None = None
+    credentials: tuple[Credential, ...] = ()
+    askpass_url: str = ""
+    cookie_file: bool = False
+    github_app: GitHubApp | None = None
+    add_user: bool = False
+    group_write: bool = False
+    http_pprof: bool = False
     version: str = __version__
 
 
@@ -112,7 +135,7 @@ def _make_config(v: dict[str, Any], environ: Mapping[str, str]) -> Config:
         ssh_known_hosts=v["ssh_known_hosts"], ssh_known_hosts_file=v["ssh_known_hosts_file"],
         submodules=v["submodules"],
         sparse_checkout_file=sparse_file, sparse_patterns=_read_sparse_patterns(sparse_file),
-        git_config=_parse_git_config(v["git_config"]),
+        git_config=_parse_git_config(v["git_config"], v["git_config_add"]),
         exechook_command=v["exechook_command"], exechook_timeout=v["exechook_timeout"],
         exechook_backoff=v["exechook_backoff"],
         webhook_url=v["webhook_url"], webhook_method=v["webhook_method"].upper(),
@@ -135,7 +158,40 @@ def _make_config(v: dict[str, Any], environ: Mapping[str, str]) -> Config:
         peer_secret=_read_secret("--peer-secret-file", v["peer_secret_file"],
                                  environ.get("GITSYNC_PEER_SECRET")),
         log_format=v["log_format"], verbose=v["verbose"],
+        git=v["git"], git_gc=v["git_gc"], filter=v["filter"].strip(),
+        init_period=v["init_period"] or v["period"], init_max_failures=v["init_max_failures"],
+        credentials=tuple(v["credential"]), askpass_url=v["askpass_url"],
+        cookie_file=v["cookie_file"], github_app=_github_app(v, environ),
+        add_user=v["add_user"], group_write=v["group_write"], http_pprof=v["http_pprof"],
     )
+
+
+def _github_app(v: dict[str, Any], environ: Mapping[str, str]) -> GitHubApp | None:
+    """git-sync's rules: one of the two IDs, an installation, one private key, no password."""
+    key_text = environ.get("GITSYNC_GITHUB_APP_PRIVATE_KEY", "").strip()
+    key_file = v["github_app_private_key_file"]
+    app_id, client_id = v["github_app_application_id"], v["github_app_client_id"]
+    if not (app_id or client_id):
+        if v["github_app_installation_id"] or key_file or key_text:
+            raise ConfigError("--github-app-installation-id and the private key need "
+                              "--github-app-application-id or --github-app-client-id")
+        return None
+    if app_id and client_id:
+        raise ConfigError("give one of --github-app-application-id and --github-app-client-id")
+    if not v["github_app_installation_id"]:
+        raise ConfigError("a GitHub App needs --github-app-installation-id")
+    if bool(key_file) == bool(key_text):
+        raise ConfigError("a GitHub App needs one of --github-app-private-key-file and "
+                          "GITSYNC_GITHUB_APP_PRIVATE_KEY")
+    if v["username"] or v["password_file"] or environ.get("GITSYNC_PASSWORD"):
+        raise ConfigError("a GitHub App logs in with its own token: drop --username and the password")
+    if urlsplit(v["github_base_url"]).scheme not in ("http", "https"):
+        raise ConfigError(f"--github-base-url: expected an http:// or https:// URL, "
+                          f"got {v['github_base_url']!r}")
+    key = (_read_secret("--github-app-private-key-file", key_file, None) if key_file
+           else key_text.encode())
+    return GitHubApp(base_url=v["github_base_url"], issuer=client_id or str(app_id),
+                     installation_id=v["github_app_installation_id"], private_key=key)
 
 
 def _check_rollouts_and_fleet(v: dict[str, Any], environ: Mapping[str, str]) -> None:
@@ -220,8 +276,14 @@ def _check_ranges(v: dict[str, Any]) -> None:
     checks = (
         ("--depth", v["depth"] >= 0, "must be 0 or more"),
         ("--period", v["period"] > 0, "must be more than 0s"),
+        ("--init-period", v["init_period"] >= 0, "must not be negative"),
         ("--sync-timeout", v["sync_timeout"] > 0, "must be more than 0s"),
         ("--max-failures", v["max_failures"] >= -1, "must be -1 or more"),
+        ("--init-max-failures", v["init_max_failures"] is None or v["init_max_failures"] >= -1,
+         "must be -1 or more"),
+        ("--askpass-url", not v["askpass_url"] or urlsplit(v["askpass_url"]).scheme
+         in ("http", "https"), "expected an http:// or https:// URL"),
+        ("--git", bool(v["git"].strip()), "must not be empty"),
         ("--exechook-timeout", v["exechook_timeout"] > 0, "must be more than 0s"),
         ("--exechook-backoff", v["exechook_backoff"] >= 0, "must not be negative"),
         ("--webhook-timeout", v["webhook_timeout"] > 0, "must be more than 0s"),
@@ -273,29 +335,19 @@ def _optional_path(text: str, base: Path | None) -> Path | None:
     return path if path.is_absolute() or base is None else base / path
 
 
-def _parse_git_config(text: str) -> tuple[tuple[str, str], ...]:
+def _parse_git_config(text: str, added: tuple[str, ...] = ()) -> tuple[tuple[str, str], ...]:
+    """--git-config in git-sync's grammar (gitsync.compat), then each --git-config-add."""
     pairs = []
-    for item in _split_unquoted_commas(text):
-        key, sep, value = item.partition(":")
-        if not sep or not key.strip():
-            raise ConfigError(f"--git-config: expected key:value, got {item!r}")
-        pairs.append((key.strip(), value.strip().strip('"')))
+    for flag, item in (("--git-config", text), *(("--git-config-add", one) for one in added)):
+        try:
+            parsed = parse_git_config(item)
+        except ValueError as err:
+            raise ConfigError(f"{flag}: {err}") from None
+        for key, value in parsed:
+            if not key.strip():
+                raise ConfigError(f"{flag}: an empty key in {item!r}")
+            pairs.append((key.strip(), value))
     return tuple(pairs)
-
-
-def _split_unquoted_commas(text: str) -> list[str]:
-    """Split on commas outside double quotes, as git-sync does for values holding commas."""
-    items, current, quoted = [], [], False
-    for char in text:
-        if char == '"':
-            quoted = not quoted
-        if char == "," and not quoted:
-            items.append("".join(current))
-            current = []
-        else:
-            current.append(char)
-    items.append("".join(current))
-    return [item.strip() for item in items if item.strip()]
 
 
 def _parse_bind(text: str) -> tuple[str, int] | None:

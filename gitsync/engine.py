@@ -41,6 +41,9 @@ class CredentialSource(Protocol):
     def remote_url(self) -> str:
         """The repository URL for git's argv, with any credentials taken out of it."""
 
+    def drain_calls(self) -> tuple[tuple[str, str], ...]:
+        """The credential fetches made since the last call, e.g. ("askpass", "error")."""
+
 
 class Engine:
     def __init__(self, config: Config, repo: Repository, publisher: Publisher,
@@ -70,6 +73,7 @@ class Engine:
         self._published_tree_damaged = False
         self._depth_changed = False  # --depth differs from the last fetch's: fetch even if unchanged
         self._depth_recorded = False  # DEPTH_KEY holds this run's --depth
+        self._succeeded = False  # a sync of this process succeeded: --init-* no longer apply
 
     # -- the interface the API, CLI and hooks use ----------------------------------
 
@@ -141,7 +145,8 @@ class Engine:
                 log.error("%d consecutive sync failures (allowed: %d); exiting",
                           self._failures, self.config.max_failures)
                 return 1
-            reason = self._wait_for_trigger(self.config.period)
+            reason = self._wait_for_trigger(self.config.period if self._succeeded
+                                            else self.config.init_period)
             if reason is None:
                 break
         self._set_state("stopped")
@@ -164,7 +169,10 @@ class Engine:
         return min(reasons, key=lambda r: _TRIGGER_RANK.get(r, 9))
 
     def _failure_budget_spent(self) -> bool:
-        return self.config.max_failures >= 0 and self._failures > self.config.max_failures
+        allowed = self.config.max_failures
+        if not self._succeeded and self.config.init_max_failures is not None:
+            allowed = self.config.init_max_failures
+        return allowed >= 0 and self._failures > allowed
 
     # -- start-up -------------------------------------------------------------------
 
@@ -194,10 +202,13 @@ class Engine:
             error = None
         except SyncError as err:
             result, error = "error", str(err)
+        first = result != "error" and not self._succeeded
+        self._succeeded = self._succeeded or first
         outcome = SyncResult(trigger=trigger, at=at,
                              duration_ms=int((time.monotonic() - started) * 1000),
                              result=result, commit=self._commit, error=error,
-                             tree=str(self.publisher.tree(self._commit)) if self._commit else None)
+                             tree=str(self.publisher.tree(self._commit)) if self._commit else None,
+                             first=first, auth_calls=self._drain_auth_calls())
         self._record(outcome)
         self._log(outcome)
         self._notify(outcome)
@@ -224,7 +235,8 @@ class Engine:
     def _current_tree_is_usable(self) -> bool:
         current = self.publisher.published_sha()
         return (current is not None and not self._published_tree_damaged
-                and self.publisher.tree_exists(current))
+                and self.publisher.tree_exists(current)
+                and self.publisher.tree_head_matches(current))   # HEAD moved in place: rebuild
 
     def _remote_head(self, deadline: Deadline) -> RemoteHead:
         if is_full_sha(self.config.ref):
@@ -265,6 +277,9 @@ class Engine:
             self._depth_recorded = True
         self._depth_changed = False
 
+    def _drain_auth_calls(self) -> tuple[tuple[str, str], ...]:
+        return self._credentials.drain_calls() if self._credentials is not None else ()
+
     def _use_fresh_credentials(self) -> None:
         if self._credentials is None:
             return
@@ -276,6 +291,7 @@ class Engine:
         if self._stopping.is_set():
             return
         try:
+            self.publisher.discard_strays()
             if self.publisher.remove_stale_trees():
                 self.repo.collect_garbage()
             if not self.publisher.spare_is_ready():

@@ -93,7 +93,8 @@ class GitRunner:
     """
 
     def __init__(self, *, env: Mapping[str, str], config: Sequence[tuple[str, str]] = (),
-                 secrets: Sequence[str] = ()):
+                 secrets: Sequence[str] = (), program: str = "git"):
+        self.program = program   # --git: the git binary, looked up on PATH
         self._env = dict(env)
         self._config = list(config)
         self._secrets = [s for s in secrets if s]
@@ -105,6 +106,7 @@ class GitRunner:
     def with_env(self, extra: Mapping[str, str], secrets: Sequence[str] = ()) -> "GitRunner":
         """A runner like this one with more environment (e.g. fresh credentials)."""
         clone = GitRunner.__new__(GitRunner)
+        clone.program = self.program
         clone._env = {**self._env, **extra}
         clone._config = list(self._config)
         clone._secrets = self._secrets + [s for s in secrets if s]
@@ -130,7 +132,7 @@ class GitRunner:
                 raise GitError(step, f"sync timeout ({deadline.seconds:g}s) reached before this step",
                                timed_out=True)
         started = time.monotonic()
-        status, out, err = self._execute(["git", *args], cwd, timeout)
+        status, out, err = self._execute([self.program, *args], cwd, timeout)
         name = _subcommand(args)
         log.debug("git %s: exit %s in %.0f ms", name, status, (time.monotonic() - started) * 1000)
         if status == 0:

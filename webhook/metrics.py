@@ -9,8 +9,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import threading
+
 from flask import Blueprint, Response, abort, current_app
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Summary, generate_latest
+from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, ProcessCollector,
+                               Summary, generate_latest)
 from prometheus_client.core import GaugeMetricFamily
 
 from . import services
@@ -24,6 +27,15 @@ bp = Blueprint("metrics", __name__)
 
 # The engine's results in git-sync's words.
 SYNC_STATUS = {"published": "success", "unchanged": "noop", "error": "error"}
+# git-sync's counters whose names carry no _total (Go's client adds none); prometheus_client
+# would add one, so these are written out as text. Names: what the engine reports.
+EXACT_COUNTERS = {
+    "askpass": ("git_sync_askpass_calls",
+                "How many git askpass calls completed, partitioned by state (success, error)"),
+    "github_app": ("git_sync_refresh_github_app_token_count",
+                   "How many times the GitHub app token was refreshed, partitioned by state "
+                   "(success, error)"),
+}
 
 
 class Metrics:
@@ -38,16 +50,47 @@ class Metrics:
         self.webhooks = Counter(
             "gitsync_webhook_requests", "Inbound webhook requests, by forge and result",
             ["forge", "result"], registry=self.registry)
+        self.fetch_count = Counter("git_fetch_count", "How many git fetches were run",
+                                   registry=self.registry)
+        self.scrapes = Counter("promhttp_metric_handler_requests", "Total number of scrapes by "
+                               "HTTP status code", ["code"], registry=self.registry)
+        self.scrapes_in_flight = Gauge("promhttp_metric_handler_requests_in_flight", "Current "
+                                       "number of scrapes being served", registry=self.registry)
+        ProcessCollector(registry=self.registry)   # process_*: the names Go's client uses too
         for status in SYNC_STATUS.values():   # zeros from the start, so rate() works at once
             self.sync_count.labels(status)
             self.sync_duration.labels(status)
+        for code in ("200", "500", "503"):
+            self.scrapes.labels(code)
+        self._exact = {(kind, status): 0 for kind in EXACT_COUNTERS for status in ("success", "error")}
+        self._exact_lock = threading.Lock()
         self.registry.register(_EngineGauges(engine))
         engine.add_listener(self.observe_sync)
 
     def observe_sync(self, result: SyncResult) -> None:
+        # git-sync counts the first sync of each process as a sync that fetched, changed or not.
         status = SYNC_STATUS.get(result.result, "error")
+        if result.first and status == "noop":
+            status = "success"
         self.sync_count.labels(status).inc()
         self.sync_duration.labels(status).observe(result.duration_ms / 1000)
+        if status == "success":
+            self.fetch_count.inc()
+        with self._exact_lock:
+            for kind, outcome in result.auth_calls:
+                if (kind, outcome) in self._exact:
+                    self._exact[kind, outcome] += 1
+
+    def exact_counters_text(self) -> bytes:
+        """git-sync's counters without a _total suffix, in the text format."""
+        with self._exact_lock:
+            counts = dict(self._exact)
+        lines = []
+        for kind, (name, documentation) in EXACT_COUNTERS.items():
+            lines += [f"# HELP {name} {documentation}", f"# TYPE {name} counter"]
+            lines += [f'{name}{{status="{status}"}} {float(counts[kind, status])}'
+                      for status in ("error", "success")]
+        return ("\n".join(lines) + "\n").encode()
 
     def count_webhook(self, forge: str, result: str) -> None:
         self.webhooks.labels(forge, result).inc()
@@ -86,5 +129,11 @@ def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
 def metrics():
     if not current_app.config["HTTP_METRICS"]:
         abort(404, "metrics are off (--http-metrics=false)")
-    data = generate_latest(services().metrics.registry)
+    metrics = services().metrics
+    metrics.scrapes_in_flight.inc()
+    try:
+        metrics.scrapes.labels("200").inc()   # counted before the text, as Go's handler does
+        data = generate_latest(metrics.registry) + metrics.exact_counters_text()
+    finally:
+        metrics.scrapes_in_flight.dec()
     return Response(data, content_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,163 @@
+"""What a git-sync v4 user's flags mean here, where the two differ in form, not in purpose.
+
+Value parsers for the forms git-sync takes (--credential's JSON, --git-config's quoted
+list), the /etc/passwd entry of --add-user, and the one warning each for flags that are
+accepted only so that a git-sync manifest starts unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+PASSWD = Path("/etc/passwd")
+_ESCAPES = {"n": "\n", "t": "\t", '"': '"', ",": ",", "\\": "\\"}
+_CREDENTIAL_KEYS = frozenset({"url", "username", "password", "password-file"})
+
+
+@dataclass(frozen=True)
+class Credential:
+    """One --credential: a login for every URL under `url`."""
+
+    url: str
+    username: str
+    password: str | None = None
+    password_file: str | None = None
+
+    def __repr__(self) -> str:   # never the password
+        return f"Credential(url={self.url!r}, username={self.username!r})"
+
+
+def parse_entry(text: str) -> tuple[str]:
+    """A repeatable flag whose every occurrence is one value (--git-config-add)."""
+    return (text,)
+
+
+def parse_credentials(text: str) -> tuple[Credential, ...]:
+    """'{"url": ..., "username": ..., "password-file": ...}', or a JSON list of such."""
+    text = text.strip()
+    if not text:
+        return ()
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"not JSON: {err.msg} at character {err.pos}") from None
+    items = data if isinstance(data, list) else [data]
+    return tuple(_credential(item) for item in items)
+
+
+def _credential(item: object) -> Credential:
+    if not isinstance(item, dict):
+        raise ValueError("expected a JSON object with url, username and password or password-file")
+    unknown = sorted(set(item) - _CREDENTIAL_KEYS)
+    if unknown:
+        raise ValueError(f"unknown field {unknown[0]!r} (known: url, username, password, password-file)")
+    if not all(isinstance(value, str) for value in item.values()):
+        raise ValueError("every field is a string")
+    for needed in ("url", "username"):
+        if not item.get(needed):
+            raise ValueError(f"{needed} must be given")
+    password, password_file = item.get("password") or None, item.get("password-file") or None
+    if (password is None) == (password_file is None):
+        raise ValueError("give one of password and password-file")
+    return Credential(item["url"], item["username"], password, password_file)
+
+
+def parse_git_config(text: str) -> list[tuple[str, str]]:
+    """git-sync's --git-config grammar: key:value pairs split by commas; a key or a value
+    may be double-quoted; an unquoted value and a quoted string take backslash escapes."""
+    pairs: list[tuple[str, str]] = []
+    pos = 0
+    while pos < len(text):
+        key, pos = _key(text, pos)
+        if pos >= len(text):
+            raise ValueError(f"key {key!r}: no value")
+        value, pos = _value(text, pos, key)
+        pairs.append((key, value))
+    return pairs
+
+
+def _key(text: str, pos: int) -> tuple[str, int]:
+    if text[pos] == '"':
+        key, pos = _quoted(text, pos + 1)
+        if pos >= len(text):
+            raise ValueError(f"key {key!r}: nothing after it")
+        if text[pos] != ":":
+            raise ValueError(f"key {key!r}: expected ':' after the quoted key, got {text[pos]!r}")
+        return key, pos + 1
+    end = text.find(":", pos)
+    if end < 0:
+        raise ValueError(f"key {text[pos:]!r}: no ':' after it")
+    return text[pos:end], end + 1
+
+
+def _value(text: str, pos: int, key: str) -> tuple[str, int]:
+    if text[pos] == '"':
+        try:
+            value, pos = _quoted(text, pos + 1)
+        except ValueError as err:
+            raise ValueError(f"key {key!r}: {err}") from None
+        if pos < len(text) and text[pos] != ",":
+            raise ValueError(f"key {key!r}: expected ',' after the quoted value, got {text[pos]!r}")
+        return value, pos + 1
+    out = []
+    while pos < len(text) and text[pos] != ",":
+        if text[pos] == "\\":
+            char, pos = _escape(text, pos + 1, key)
+            out.append(char)
+        else:
+            out.append(text[pos])
+            pos += 1
+    return "".join(out), pos + 1
+
+
+def _quoted(text: str, pos: int) -> tuple[str, int]:
+    """The rest of a double-quoted string starting at `pos`; the position after its end quote."""
+    out = []
+    while pos < len(text):
+        char = text[pos]
+        if char == '"':
+            return "".join(out), pos + 1
+        if char == "\\":
+            char, pos = _escape(text, pos + 1, "".join(out))
+            out.append(char)
+        else:
+            out.append(char)
+            pos += 1
+    raise ValueError(f"unterminated quoted string {''.join(out)!r}")
+
+
+def _escape(text: str, pos: int, where: str) -> tuple[str, int]:
+    if pos >= len(text):
+        raise ValueError(f"{where!r}: a backslash at the end")
+    char = text[pos]
+    if char not in _ESCAPES:
+        raise ValueError(f"{where!r}: unsupported escape \\{char}")
+    return _ESCAPES[char], pos + 1
+
+
+def add_user(passwd: Path = PASSWD, uid: int | None = None, gid: int | None = None,
+             home: str | None = None) -> bool:
+    """--add-user: an /etc/passwd line for a UID the image does not know (ssh refuses to run
+    as a nameless user). False when the UID already has one; OSError when the file is not
+    writable (the image must make it so, as git-sync's does)."""
+    uid = os.getuid() if uid is None else uid
+    gid = os.getgid() if gid is None else gid
+    lines = passwd.read_text().splitlines() if passwd.exists() else []
+    if any(line.split(":")[2:3] == [str(uid)] for line in lines):
+        return False
+    home = home or os.environ.get("HOME") or "/tmp"
+    with passwd.open("a") as handle:
+        handle.write(f"gitsync:x:{uid}:{gid}::{home}:/sbin/nologin\n")
+    return True
+
+
+def ignored_flag_warnings(http_pprof: bool) -> list[str]:
+    """One line per git-sync flag that is accepted but can mean nothing here."""
+    warnings = []
+    if http_pprof:
+        warnings.append("--http-pprof is accepted for git-sync compatibility and does nothing: "
+                        "gitsync has no Go runtime to profile")
+    return warnings
