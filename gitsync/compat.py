@@ -89,7 +89,7 @@ def _key(text: str, pos: int) -> tuple[str, int]:
         return key, pos + 1
     end = text.find(":", pos)
     if end < 0:
-        raise ValueError(f"key {text[pos:]!r}: no ':' after it")
+        raise ValueError(f"expected key:value, got {text[pos:].split(',')[0]!r}")
     return text[pos:end], end + 1
 
 
