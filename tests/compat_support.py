@@ -5,6 +5,7 @@ and a `git` that is slow to fetch."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import threading
 import time
@@ -47,6 +48,13 @@ class Sidecar:
     def metric(self, name: str, **labels: str) -> float:
         return self.metrics().get((name, tuple(sorted(labels.items()))), 0.0)
 
+    def exact_sample(self, name: str, status: str) -> float | None:
+        """A sample as the text has it: Python's parser would rename a counter that lacks
+        _total, as git-sync's askpass and GitHub App counters do; Prometheus does not."""
+        pattern = re.compile(rf'^{re.escape(name)}{{status="{re.escape(status)}"}} (\S+)$', re.M)
+        found = pattern.search(self.get("/metrics").text)
+        return float(found.group(1)) if found else None
+
     def wait_for_syncs(self, count: int, timeout: float = WAIT) -> None:
         """git-sync's e2e wait: until this many successful syncs are counted."""
         wait_for(lambda: self.metric("git_sync_count_total", status="success") >= count, timeout,
@@ -61,7 +69,8 @@ class ScriptedServer:
     """An HTTP server on 127.0.0.1 that answers each request with `answer(n)` ->
     (status, body), n counting from 1, and records every request."""
 
-    def __init__(self, answer: Callable[[int], tuple[int, bytes]] = lambda n: (200, b"")):
+    def __init__(self, answer: Callable[[int], tuple[int, bytes]] = lambda n: (200, b""),
+                 port: int = 0):
         self.answer = answer
         self.requests: list[tuple[str, str, dict[str, str], bytes]] = []
         self._lock = threading.Lock()
@@ -85,7 +94,7 @@ class ScriptedServer:
             def log_message(self, *args):
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self._server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self._server.server_port}"
         self._thread = threading.Thread(target=self._server.serve_forever,
