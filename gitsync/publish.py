@@ -356,15 +356,16 @@ class Publisher:
         return removed
 
     def discard_strays(self) -> list[str]:
-        """Remove what is no tree of ours under .worktrees (a file, a directory not named for
-        a commit, trash a kill left), at every sync as git-sync does, not only at start.
-        The spare stays; nothing is being built while this runs (after the cycle)."""
+        """Remove what is no complete tree under .worktrees (a file, a directory not named for
+        a commit, a build a failed sync left, trash), at every sync as git-sync does, not
+        only at start. The spare stays; nothing is being built while this runs (after the
+        cycle)."""
         strays = []
         for entry in sorted(self.layout.worktrees.iterdir()):
             if entry.name == SPARE or (is_full_sha(entry.name) and entry.is_dir()
                                        and not entry.is_symlink()):
                 continue
-            log.info("removing %s: not a tree gitsync made", entry)
+            log.info("removing %s: not a complete tree", entry)
             self._discard(entry)
             strays.append(entry.name)
         return strays

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from prometheus_client.parser import text_string_to_metric_families
 
 from apiutil import served_port
-from gitutil import wait_for
+from gitutil import git, wait_for
 
 WAIT = 30.0   # generous: the machine is shared
 
@@ -194,3 +194,31 @@ def settle(condition: Callable[[], bool], seconds: float) -> bool:
             return False
         time.sleep(0.05)
     return True
+
+
+def add_submodule(remote, path: str, url: str, sha: str) -> str:
+    """Record a submodule in `remote` (a .gitmodules entry and a gitlink) without cloning it;
+    push, and return the new commit."""
+    gitmodules = remote.work / ".gitmodules"
+    text = gitmodules.read_text() if gitmodules.exists() else ""
+    gitmodules.write_text(text + f'[submodule "{path}"]\n\tpath = {path}\n\turl = {url}\n')
+    git("add", ".gitmodules", cwd=remote.work)
+    return bump_submodule(remote, path, sha)
+
+
+def bump_submodule(remote, path: str, sha: str) -> str:
+    """Point the gitlink at `path` to `sha`, commit and push (not `add --all`: there is no
+    checkout of the submodule in the work clone)."""
+    git("update-index", "--add", "--cacheinfo", f"160000,{sha},{path}", cwd=remote.work)
+    git("commit", "--quiet", "-m", f"{path} at {sha[:8]}", cwd=remote.work)
+    remote.push()
+    return remote.head()
+
+
+def drop_submodule(remote, path: str) -> str:
+    git("rm", "--quiet", "--cached", path, cwd=remote.work)
+    git("config", "--file", ".gitmodules", "--remove-section", f"submodule.{path}", cwd=remote.work)
+    git("add", ".gitmodules", cwd=remote.work)
+    git("commit", "--quiet", "-m", f"drop {path}", cwd=remote.work)
+    remote.push()
+    return remote.head()

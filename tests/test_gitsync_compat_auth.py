@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from apiutil import free_port
-from compat_support import WAIT, GitHubStandIn, ScriptedServer, make_github_app, start_sidecar
+from compat_support import WAIT, GitHubStandIn, add_submodule, ScriptedServer, make_github_app, start_sidecar
 from gitservers import SmartHttpServer, SshServer
 from gitsync import compat
 from gitutil import Remote, git, wait_for
@@ -244,18 +244,6 @@ def test_a_github_app_key_github_does_not_accept_fails_the_sync(tmp_path, gitsyn
 
 
 # -- --credential: submodules on servers with other passwords ----------------------------------
-
-def add_submodule(remote: Remote, path: str, url: str, sha: str) -> str:
-    """Record a submodule (a .gitmodules entry and a gitlink) without cloning it."""
-    gitmodules = remote.work / ".gitmodules"
-    text = gitmodules.read_text() if gitmodules.exists() else ""
-    gitmodules.write_text(text + f'[submodule "{path}"]\n\tpath = {path}\n\turl = {url}\n')
-    git("add", ".gitmodules", cwd=remote.work)
-    git("update-index", "--add", "--cacheinfo", f"160000,{sha},{path}", cwd=remote.work)
-    git("commit", "--quiet", "-m", f"add {path}", cwd=remote.work)   # not `add --all`: no checkout
-    remote.push()
-    return remote.head()
-
 
 def test_submodules_over_http_with_different_passwords(tmp_path, gitsync):
     """e2e: submodule_sync_over_http_different_passwords: one --credential per server."""
