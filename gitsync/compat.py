@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable
+from urllib.parse import urlsplit
+
+from .options import ConfigError
 
 PASSWD = Path("/etc/passwd")
 _ESCAPES = {"n": "\n", "t": "\t", '"': '"', ",": ",", "\\": "\\"}
@@ -28,6 +32,44 @@ class Credential:
 
     def __repr__(self) -> str:   # never the password
         return f"Credential(url={self.url!r}, username={self.username!r})"
+
+
+@dataclass(frozen=True)
+class GitHubApp:
+    """--github-app-*: who signs the JWT, and which installation's token syncs."""
+
+    base_url: str
+    issuer: str                     # the client ID, or the application ID as text
+    installation_id: int
+    private_key: bytes = field(repr=False)
+
+
+def github_app(v: dict[str, Any], key_text: str,
+               read_secret: Callable[[str, str, None], bytes | None]) -> GitHubApp | None:
+    """The GitHub App settings, by git-sync's rules: one of the two IDs, an installation,
+    one private key (file or GITSYNC_GITHUB_APP_PRIVATE_KEY), no password."""
+    key_text, key_file = key_text.strip(), v["github_app_private_key_file"]
+    app_id, client_id = v["github_app_application_id"], v["github_app_client_id"]
+    if not (app_id or client_id):
+        if v["github_app_installation_id"] or key_file or key_text:
+            raise ConfigError("--github-app-installation-id and the private key need "
+                              "--github-app-application-id or --github-app-client-id")
+        return None
+    if app_id and client_id:
+        raise ConfigError("give one of --github-app-application-id and --github-app-client-id")
+    if not v["github_app_installation_id"]:
+        raise ConfigError("a GitHub App needs --github-app-installation-id")
+    if bool(key_file) == bool(key_text):
+        raise ConfigError("a GitHub App needs one of --github-app-private-key-file and "
+                          "GITSYNC_GITHUB_APP_PRIVATE_KEY")
+    if v["username"] or v["password_file"]:
+        raise ConfigError("a GitHub App logs in with its own token: drop --username and the password")
+    if urlsplit(v["github_base_url"]).scheme not in ("http", "https"):
+        raise ConfigError(f"--github-base-url: expected an http:// or https:// URL, "
+                          f"got {v['github_base_url']!r}")
+    key = read_secret("--github-app-private-key-file", key_file, None) if key_file else key_text.encode()
+    return GitHubApp(base_url=v["github_base_url"], issuer=client_id or str(app_id),
+                     installation_id=v["github_app_installation_id"], private_key=key or b"")
 
 
 def parse_entry(text: str) -> tuple[str]:

@@ -16,7 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from . import __version__
-from .compat import Credential, parse_git_config
+from .compat import Credential, GitHubApp, github_app, parse_git_config
 from .flags import OPTIONS, TABLE
 from .options import ConfigError, parse_host_port, parse_list
 
@@ -31,16 +31,6 @@ class Peers:
     dns_name: str | None
     port: int | None
     addresses: tuple[tuple[str, int], ...] = ()
-
-
-@dataclass(frozen=True)
-class GitHubApp:
-    """--github-app-*: who signs the JWT, and which installation's token syncs."""
-
-    base_url: str
-    issuer: str                     # the client ID, or the application ID as text
-    installation_id: int
-    private_key: bytes = field(repr=False)
 
 
 @dataclass(frozen=True)
@@ -161,37 +151,10 @@ def _make_config(v: dict[str, Any], environ: Mapping[str, str]) -> Config:
         git=v["git"], git_gc=v["git_gc"], filter=v["filter"].strip(),
         init_period=v["init_period"] or v["period"], init_max_failures=v["init_max_failures"],
         credentials=tuple(v["credential"]), askpass_url=v["askpass_url"],
-        cookie_file=v["cookie_file"], github_app=_github_app(v, environ),
+        cookie_file=v["cookie_file"],
+        github_app=github_app(v, environ.get("GITSYNC_GITHUB_APP_PRIVATE_KEY", ""), _read_secret),
         add_user=v["add_user"], group_write=v["group_write"], http_pprof=v["http_pprof"],
     )
-
-
-def _github_app(v: dict[str, Any], environ: Mapping[str, str]) -> GitHubApp | None:
-    """git-sync's rules: one of the two IDs, an installation, one private key, no password."""
-    key_text = environ.get("GITSYNC_GITHUB_APP_PRIVATE_KEY", "").strip()
-    key_file = v["github_app_private_key_file"]
-    app_id, client_id = v["github_app_application_id"], v["github_app_client_id"]
-    if not (app_id or client_id):
-        if v["github_app_installation_id"] or key_file or key_text:
-            raise ConfigError("--github-app-installation-id and the private key need "
-                              "--github-app-application-id or --github-app-client-id")
-        return None
-    if app_id and client_id:
-        raise ConfigError("give one of --github-app-application-id and --github-app-client-id")
-    if not v["github_app_installation_id"]:
-        raise ConfigError("a GitHub App needs --github-app-installation-id")
-    if bool(key_file) == bool(key_text):
-        raise ConfigError("a GitHub App needs one of --github-app-private-key-file and "
-                          "GITSYNC_GITHUB_APP_PRIVATE_KEY")
-    if v["username"] or v["password_file"] or environ.get("GITSYNC_PASSWORD"):
-        raise ConfigError("a GitHub App logs in with its own token: drop --username and the password")
-    if urlsplit(v["github_base_url"]).scheme not in ("http", "https"):
-        raise ConfigError(f"--github-base-url: expected an http:// or https:// URL, "
-                          f"got {v['github_base_url']!r}")
-    key = (_read_secret("--github-app-private-key-file", key_file, None) if key_file
-           else key_text.encode())
-    return GitHubApp(base_url=v["github_base_url"], issuer=client_id or str(app_id),
-                     installation_id=v["github_app_installation_id"], private_key=key)
 
 
 def _check_rollouts_and_fleet(v: dict[str, Any], environ: Mapping[str, str]) -> None:

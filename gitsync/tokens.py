@@ -14,7 +14,7 @@ from urllib.parse import urljoin
 import jwt
 import requests
 
-from .config import GitHubApp
+from .compat import GitHubApp
 from .model import SyncError
 
 log = logging.getLogger(__name__)
