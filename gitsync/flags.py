@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import replace
 
 from . import __version__
-from .durations import parse_duration
 from .compat import parse_credentials, parse_entry
+from .durations import parse_duration
 from .options import Option, Table, parse_bool, parse_bytes, parse_int, parse_list, parse_signal
 
 ENV_PREFIX = "GITSYNC_"

@@ -30,7 +30,8 @@ log = logging.getLogger(__name__)
 
 # gitsync's own secrets, and how it hands credentials to git: a hook never sees them.
 _SECRET_VARIABLES = frozenset({"GITSYNC_PASSWORD", "GITSYNC_RECEIVER_SECRET", "GITSYNC_API_TOKEN",
-                               "GITSYNC_GITHUB_APP_PRIVATE_KEY", "GITSYNC_PEER_SECRET", "GIT_ASKPASS", "SSH_ASKPASS", "GIT_CONFIG_PARAMETERS",
+                               "GITSYNC_GITHUB_APP_PRIVATE_KEY", "GITSYNC_PEER_SECRET",
+                               "GIT_ASKPASS", "SSH_ASKPASS", "GIT_CONFIG_PARAMETERS",
                                USERNAME_VARIABLE, PASSWORD_VARIABLE})
 _OUTPUT_LIMIT = 300
 

@@ -9,20 +9,19 @@ import re
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Callable
 
 import jwt
 import requests
+from apiutil import served_port
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from prometheus_client.parser import text_string_to_metric_families
-
-from apiutil import served_port
 from gitutil import git, wait_for
+from prometheus_client.parser import text_string_to_metric_families
 
 WAIT = 30.0   # generous: the machine is shared
 
@@ -156,7 +155,7 @@ class GitHubStandIn(ScriptedServer):
         if claims["iss"] not in (str(self.app.application_id), self.app.client_id):
             return 401, b'{"message": "wrong issuer"}'
         self.minted += 1
-        expires = datetime.now(timezone.utc) + timedelta(seconds=self._lifetime)
+        expires = datetime.now(UTC) + timedelta(seconds=self._lifetime)
         body = {"token": self._token(self.minted), "expires_at": expires.strftime("%Y-%m-%dT%H:%M:%SZ")}
         return 201, json.dumps(body).encode()
 

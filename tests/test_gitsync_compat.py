@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from compat_support import WAIT, slow_git, start_sidecar
 from gitutil import Remote, git, published_sha, wait_for
 

@@ -11,13 +11,13 @@ import stat
 from pathlib import Path
 
 import pytest
-
 from apiutil import free_port
-from compat_support import WAIT, GitHubStandIn, add_submodule, ScriptedServer, make_github_app, start_sidecar
+from compat_support import WAIT, GitHubStandIn, ScriptedServer, add_submodule, make_github_app, start_sidecar
 from gitservers import SmartHttpServer, SshServer
-from gitsync import compat
-from gitutil import Remote, git, wait_for
+from gitutil import Remote, wait_for
 from test_gitsync_compat import file_at, one_time
+
+from gitsync import compat
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -250,7 +250,7 @@ def test_submodules_over_http_with_different_passwords(tmp_path, gitsync):
     servers, passwords = [], ["test1", "test2", "test3"]
     remotes = [Remote(tmp_path / f"site{n}") for n in range(3)]
     try:
-        for remote, password in zip(remotes, passwords):
+        for remote, password in zip(remotes, passwords, strict=True):
             servers.append(SmartHttpServer(remote.path.parent, username="test",
                                            password=password).__enter__())
         nested, sub, main = remotes
@@ -260,7 +260,8 @@ def test_submodules_over_http_with_different_passwords(tmp_path, gitsync):
         main.commit({"file": "main\n"}, "main")
         add_submodule(main, "sub", servers[1].url_for("repo.git"), sub_sha)
         credentials = [json.dumps({"url": server.url_for("repo.git"), "username": "test",
-                                   "password": password}) for server, password in zip(servers, passwords)]
+                                   "password": password})
+                       for server, password in zip(servers, passwords, strict=True)]
         root = tmp_path / "root"
         args = [arg for c in credentials for arg in ("--credential", c)]
         sidecar = start_sidecar(gitsync, "--repo", servers[2].url_for("repo.git"), "--root", str(root),

@@ -7,7 +7,6 @@ import tarfile
 from pathlib import Path
 
 import pytest
-
 from compat_support import WAIT, ScriptedServer, hook_script, lines, slow_git, start_sidecar
 from gitutil import Remote, wait_for
 from test_gitsync_compat import file_at, one_time

@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from compat_support import add_submodule, bump_submodule, drop_submodule, start_sidecar
 from gitservers import SshServer
 from gitutil import Remote, git
@@ -119,6 +118,7 @@ def test_submodules_over_ssh_with_different_keys(repos, tmp_path, gitsync):
         add_submodule(sub, "nested-sub", first.url_for(nested.path), nested.head())
         add_submodule(main, "sub", second.url_for(sub.path), sub.head())
         root = tmp_path / "root"
-        keys = [arg for server in (first, second, third) for arg in ("--ssh-key-file", str(server.client_key))]
+        keys = [arg for server in (first, second, third)
+                for arg in ("--ssh-key-file", str(server.client_key))]
         assert one_time(gitsync, third.url_for(main.path), root, "--ssh-known-hosts=false", *keys) == 0
         assert file_at(root, "sub/nested-sub/nested-submodule.file") == "nested\n"

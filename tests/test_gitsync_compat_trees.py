@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from compat_support import WAIT, settle, start_sidecar
 from gitutil import Remote, git, published_sha, wait_for
 from test_gitsync_compat import file_at, one_time

@@ -7,13 +7,19 @@ engine listener; the gauges are read from `engine.status()` at scrape time.
 
 from __future__ import annotations
 
+import threading
 from typing import TYPE_CHECKING
 
-import threading
-
 from flask import Blueprint, Response, abort, current_app
-from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, ProcessCollector,
-                               Summary, generate_latest)
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    ProcessCollector,
+    Summary,
+    generate_latest,
+)
 from prometheus_client.core import GaugeMetricFamily
 
 from . import services
