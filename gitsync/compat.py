@@ -145,7 +145,7 @@ def _value(text: str, pos: int, key: str) -> tuple[str, int]:
         if pos < len(text) and text[pos] != ",":
             raise ValueError(f"key {key!r}: expected ',' after the quoted value, got {text[pos]!r}")
         return value, pos + 1
-    out = []
+    out: list[str] = []
     while pos < len(text) and text[pos] != ",":
         if text[pos] == "\\":
             char, pos = _escape(text, pos + 1, key)
@@ -158,7 +158,7 @@ def _value(text: str, pos: int, key: str) -> tuple[str, int]:
 
 def _quoted(text: str, pos: int) -> tuple[str, int]:
     """The rest of a double-quoted string starting at `pos`; the position after its end quote."""
-    out = []
+    out: list[str] = []
     while pos < len(text):
         char = text[pos]
         if char == '"':
