@@ -5,8 +5,11 @@ shell function set through GIT_CONFIG_PARAMETERS (no file, nothing in argv) that
 answers from two variables only git and its children see, and it replaces every
 other helper, so no `store` helper ever writes the password to disk. The password
 file is read again before every sync, so a rotated token works without a restart.
-Credentials written inside --repo take the same road: git is given the URL without them.
-SSH: GIT_SSH_COMMAND names the keys and a strict known_hosts file.
+Credentials written inside --repo take the same road: git is given the URL without them,
+and so do the login --askpass-url answers and a GitHub App's installation token
+(gitsync.tokens fetches both). Each --credential gets a helper of its own, scoped to
+its URL prefix with credential.<url>.helper, so a submodule on another server gets
+its own password. SSH: GIT_SSH_COMMAND names the keys and a strict known_hosts file.
 """
 
 from __future__ import annotations
