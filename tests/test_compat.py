@@ -153,6 +153,7 @@ def test_the_metrics_git_sync_exports_with_names_labels_and_types(api_factory, r
     expected = {"git_sync_count": "counter", "git_sync_duration_seconds": "summary",
                 "git_fetch_count": "counter", "process_cpu_seconds": "counter",
                 "process_resident_memory_bytes": "gauge", "process_start_time_seconds": "gauge",
+                "process_virtual_memory_max_bytes": "gauge",
                 "promhttp_metric_handler_requests": "counter",
                 "promhttp_metric_handler_requests_in_flight": "gauge",
                 "gitsync_ready": "gauge"}
@@ -165,3 +166,7 @@ def test_the_metrics_git_sync_exports_with_names_labels_and_types(api_factory, r
         assert f"# TYPE {name} counter\n" in text
         assert f'{name}{{status="success"}} 0.0\n' in text and f'{name}{{status="error"}} 0.0\n' in text
     assert "git_fetch_count_total 0.0" in text
+    # A scrape is counted after its text, as Go's handler counts it.
+    assert 'promhttp_metric_handler_requests_total{code="200"} 0.0' in text
+    again = api.client.get("/metrics").get_data(as_text=True)
+    assert 'promhttp_metric_handler_requests_total{code="200"} 1.0' in again

@@ -7,6 +7,7 @@ engine listener; the gauges are read from `engine.status()` at scrape time.
 
 from __future__ import annotations
 
+import resource
 import threading
 from typing import TYPE_CHECKING
 
@@ -63,6 +64,7 @@ class Metrics:
         self.scrapes_in_flight = Gauge("promhttp_metric_handler_requests_in_flight", "Current "
                                        "number of scrapes being served", registry=self.registry)
         ProcessCollector(registry=self.registry)   # process_*: the names Go's client uses too
+        self.registry.register(_AddressSpaceLimit())
         for status in SYNC_STATUS.values():   # zeros from the start, so rate() works at once
             self.sync_count.labels(status)
             self.sync_duration.labels(status)
@@ -127,6 +129,20 @@ class _EngineGauges:
         yield info
 
 
+class _AddressSpaceLimit:
+    """process_virtual_memory_max_bytes, which Go's process collector has and Python's lacks:
+    RLIMIT_AS, with "unlimited" as the largest 64-bit value, as Go reports it."""
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+        value = float(2 ** 64 - 1) if soft == resource.RLIM_INFINITY else float(soft)
+        yield _gauge("process_virtual_memory_max_bytes", "Maximum amount of virtual memory "
+                     "available in bytes.", value)
+
+
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
     return GaugeMetricFamily(name, documentation, value=float(value))
 
@@ -138,8 +154,8 @@ def metrics():
     metrics = services().metrics
     metrics.scrapes_in_flight.inc()
     try:
-        metrics.scrapes.labels("200").inc()   # counted before the text, as Go's handler does
         data = generate_latest(metrics.registry) + metrics.exact_counters_text()
     finally:
         metrics.scrapes_in_flight.dec()
+    metrics.scrapes.labels("200").inc()   # after the text, as Go's handler counts it
     return Response(data, content_type=CONTENT_TYPE_LATEST)
