@@ -5,8 +5,11 @@ shell function set through GIT_CONFIG_PARAMETERS (no file, nothing in argv) that
 answers from two variables only git and its children see, and it replaces every
 other helper, so no `store` helper ever writes the password to disk. The password
 file is read again before every sync, so a rotated token works without a restart.
-Credentials written inside --repo take the same road: git is given the URL without them.
-SSH: GIT_SSH_COMMAND names the keys and a strict known_hosts file.
+Credentials written inside --repo take the same road: git is given the URL without them,
+and so do the login --askpass-url answers and a GitHub App's installation token
+(gitsync.tokens fetches both). Each --credential gets a helper of its own, scoped to
+its URL prefix with credential.<url>.helper, so a submodule on another server gets
+its own password. SSH: GIT_SSH_COMMAND names the keys and a strict known_hosts file.
 """
 
 from __future__ import annotations
@@ -14,18 +17,26 @@ from __future__ import annotations
 import os
 import re
 import shlex
+from pathlib import Path
 from urllib.parse import SplitResult, unquote, urlsplit
 
+from .compat import Credential
 from .config import Config
 from .git import config_parameters
 from .model import SyncError
+from .tokens import GitHubAppToken, ask_askpass_url
 
 DEFAULT_SSH_KEY = "/etc/git-secret/ssh"
+COOKIE_FILE = "/etc/git-secret/cookie_file"   # git-sync's fixed path for --cookie-file
 USERNAME_VARIABLE = "GITSYNC_CREDENTIAL_USERNAME"
 PASSWORD_VARIABLE = "GITSYNC_CREDENTIAL_PASSWORD"
 # git runs a helper starting with "!" through the shell, with "get", "store" or "erase".
-_HELPER = ('!f() { if [ "$1" = get ]; then printf \'username=%s\\npassword=%s\\n\' '
-           f'"${USERNAME_VARIABLE}" "${PASSWORD_VARIABLE}"; fi; }}; f')
+def _helper(user_variable: str, password_variable: str) -> str:
+    return ('!f() { if [ "$1" = get ]; then printf \'username=%s\\npassword=%s\\n\' '
+            f'"${user_variable}" "${password_variable}"; fi; }}; f')
+
+
+_HELPER = _helper(USERNAME_VARIABLE, PASSWORD_VARIABLE)
 # git's rule: no "://", and a colon before the first slash ([user@]host:path).
 _SCP_LIKE = re.compile(r"^(?:[^/@:]+@)?[^/:]+:")
 _HTTP_SCHEMES = ("http", "https")
@@ -70,6 +81,12 @@ class Credentials:
         self.config = config
         self._url = strip_credentials(config.repo)
         self._url_credentials = url_credentials(config.repo)
+        self._app_token = GitHubAppToken(config.github_app) if config.github_app else None
+        self._calls: list[tuple[str, str]] = []
+
+    def drain_calls(self) -> tuple[tuple[str, str], ...]:
+        calls, self._calls = tuple(self._calls), []
+        return calls
 
     def remote_url(self) -> str:
         """The URL git is given on its command line: never with credentials in it."""
@@ -88,6 +105,10 @@ class Credentials:
             config += [("credential.helper", ""), ("credential.helper", _HELPER)]
             env.update({USERNAME_VARIABLE: username, PASSWORD_VARIABLE: password})
             secrets += [password, *self._url_secrets()]
+        for index, credential in enumerate(self.config.credentials):
+            config += self._scoped_login(index, credential, env, secrets)
+        if self.config.cookie_file:
+            config.append(("http.cookiefile", self._cookie_file()))
         env["GIT_CONFIG_PARAMETERS"] = config_parameters(config)
         if is_ssh_url(self.config.repo) or self.config.submodules != "off":
             # Submodules may live on SSH remotes even when the repository does not.
@@ -98,6 +119,13 @@ class Credentials:
 
     def _http_login(self) -> tuple[str, str] | None:
         """The username and password git should answer with, or None for no login."""
+        if self.config.askpass_url:
+            return self._counted("askpass", lambda: ask_askpass_url(self.config.askpass_url))
+        if self._app_token is not None:
+            if not self._app_token.needs_refresh():
+                return "-", self._app_token.token()
+            # git-sync's user name for the token; GitHub reads only the password.
+            return self._counted("github_app", lambda: ("-", self._app_token.token()))
         has_password = self.config.password_file is not None or self.config.password is not None
         if self._url_credentials is not None:
             if self.config.username or has_password:
@@ -110,6 +138,36 @@ class Credentials:
             raise SyncError("auth", "a password is set (--password-file or GITSYNC_PASSWORD) "
                                    "but --username is not")
         return None
+
+    def _counted(self, kind: str, fetch):
+        """Run a credential fetch, recording its outcome for git-sync's counters."""
+        try:
+            login = fetch()
+        except SyncError:
+            self._calls.append((kind, "error"))
+            raise
+        self._calls.append((kind, "success"))
+        return login
+
+    def _scoped_login(self, index: int, credential: Credential, env: dict[str, str],
+                      secrets: list[str]) -> list[tuple[str, str]]:
+        """--credential: a helper that answers only for URLs under the credential's URL
+        (git matches credential.<url>.* by prefix, path included)."""
+        password = credential.password
+        if credential.password_file is not None:
+            password = _read_file_password("--credential", Path(credential.password_file))
+        user_variable, password_variable = f"{USERNAME_VARIABLE}_{index}", f"{PASSWORD_VARIABLE}_{index}"
+        env.update({user_variable: credential.username, password_variable: password or ""})
+        secrets.append(password or "")
+        section = f"credential.{credential.url}"
+        return [(f"{section}.helper", ""), (f"{section}.helper", _helper(user_variable, password_variable)),
+                ("credential.useHttpPath", "true")]
+
+    def _cookie_file(self) -> str:
+        problem = _unreadable(COOKIE_FILE)
+        if problem:
+            raise SyncError("auth", f"--cookie-file: cannot read {COOKIE_FILE}: {problem}")
+        return COOKIE_FILE
 
     def _url_secrets(self) -> list[str]:
         """The URL's credentials as written (maybe %-encoded); a lone user is likely a token."""
@@ -128,16 +186,7 @@ class Credentials:
                 raise SyncError("auth", "--username is set but neither --password-file nor "
                                        "GITSYNC_PASSWORD is")
             return self.config.password
-        try:
-            password = path.read_text().rstrip("\r\n")
-        except OSError as err:
-            raise SyncError("auth", f"--password-file: cannot read {path}: "
-                                   f"{err.strerror or err}") from None
-        except UnicodeDecodeError:
-            raise SyncError("auth", f"--password-file: {path} is not UTF-8 text") from None
-        if not password:
-            raise SyncError("auth", f"--password-file: {path} is empty")
-        return password
+        return _read_file_password("--password-file", path)
 
     # -- SSH -----------------------------------------------------------------------
 
@@ -166,6 +215,19 @@ class Credentials:
         else:
             args += ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"]
         return shlex.join(args)
+
+
+def _read_file_password(flag: str, path: Path) -> str:
+    """A password file, read afresh (a rotated token works without a restart)."""
+    try:
+        password = path.read_text().rstrip("\r\n")
+    except OSError as err:
+        raise SyncError("auth", f"{flag}: cannot read {path}: {err.strerror or err}") from None
+    except UnicodeDecodeError:
+        raise SyncError("auth", f"{flag}: {path} is not UTF-8 text") from None
+    if not password:
+        raise SyncError("auth", f"{flag}: {path} is empty")
+    return password
 
 
 def _unreadable(path: str) -> str | None:

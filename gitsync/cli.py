@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import sys
 import threading
 from collections.abc import Sequence
 
+from . import compat
 from . import config as config_module
 from .auth import Credentials
 from .config import STATE_DIR, Config
@@ -31,6 +33,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(config.log_format, config.verbose)
     for warning in config_module.TABLE.unknown_env(os.environ, ignore_prefixes=("GITSYNC_RELOAD_",)):
         log.warning("%s", warning)
+    problem = apply_process_settings(config)
+    if problem:
+        print(f"gitsync: error: {problem}", file=sys.stderr)
+        return 1
     engine = build_engine(config)
     hooks = attach_hooks(config, engine)
     wake = threading.Event()
@@ -55,9 +61,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     return exit_code
 
 
+def apply_process_settings(config: Config) -> str | None:
+    """What git-sync's flags ask of the process itself; a reason to exit 1, or None."""
+    for warning in compat.ignored_flag_warnings(config.http_pprof):
+        log.warning("%s", warning)
+    if shutil.which(config.git) is None:
+        return f"--git: {config.git} is not an executable program (looked up on PATH)"
+    if config.group_write:
+        os.umask(0o002)   # trees, the repository and the link: writable by the pod's group
+    if config.add_user:
+        try:
+            if compat.add_user():
+                log.info("--add-user: added an /etc/passwd entry for uid %d", os.getuid())
+        except OSError as err:
+            return f"--add-user: cannot write {compat.PASSWD}: {err.strerror}"
+    return None
+
+
 def build_engine(config: Config) -> Engine:
-    runner = GitRunner(env=git_environment(config.root), config=config.git_config)
-    repo = Repository(config.root, runner)
+    runner = GitRunner(env=git_environment(config.root), config=config.git_config, program=config.git)
+    repo = Repository(config.root, runner, gc=config.git_gc, filter=config.filter)
     publisher = Publisher(repo, Layout(config.root, config.link),
                           stale_timeout=config.stale_worktree_timeout,
                           sparse_patterns=config.sparse_patterns,

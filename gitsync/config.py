@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from . import __version__
+from .compat import Credential, GitHubApp, github_app, parse_git_config
 from .flags import OPTIONS, TABLE
 from .options import ConfigError, parse_host_port, parse_list
 
@@ -83,6 +84,18 @@ class Config:
     peer_secret: bytes | None = field(repr=False)
     log_format: str
     verbose: int
+    git: str = "git"
+    git_gc: str = "auto"
+    filter: str = ""
+    init_period: float = 0.0
+    init_max_failures: int | None = None
+    credentials: tuple[Credential, ...] = ()
+    askpass_url: str = ""
+    cookie_file: bool = False
+    github_app: GitHubApp | None = None
+    add_user: bool = False
+    group_write: bool = False
+    http_pprof: bool = False
     version: str = __version__
 
 
@@ -115,7 +128,7 @@ def _make_config(v: dict[str, Any], environ: Mapping[str, str]) -> Config:
         ssh_known_hosts=v["ssh_known_hosts"], ssh_known_hosts_file=v["ssh_known_hosts_file"],
         submodules=v["submodules"],
         sparse_checkout_file=sparse_file, sparse_patterns=_read_sparse_patterns(sparse_file),
-        git_config=_parse_git_config(v["git_config"]),
+        git_config=_parse_git_config(v["git_config"], v["git_config_add"]),
         exechook_command=v["exechook_command"], exechook_timeout=v["exechook_timeout"],
         exechook_backoff=v["exechook_backoff"],
         webhook_url=v["webhook_url"], webhook_method=v["webhook_method"].upper(),
@@ -138,6 +151,12 @@ def _make_config(v: dict[str, Any], environ: Mapping[str, str]) -> Config:
         peer_secret=_read_secret("--peer-secret-file", v["peer_secret_file"],
                                  environ.get("GITSYNC_PEER_SECRET")),
         log_format=v["log_format"], verbose=v["verbose"],
+        git=v["git"], git_gc=v["git_gc"], filter=v["filter"].strip(),
+        init_period=v["init_period"] or v["period"], init_max_failures=v["init_max_failures"],
+        credentials=tuple(v["credential"]), askpass_url=v["askpass_url"],
+        cookie_file=v["cookie_file"],
+        github_app=github_app(v, environ.get("GITSYNC_GITHUB_APP_PRIVATE_KEY", ""), _read_secret),
+        add_user=v["add_user"], group_write=v["group_write"], http_pprof=v["http_pprof"],
     )
 
 
@@ -223,8 +242,14 @@ def _check_ranges(v: dict[str, Any]) -> None:
     checks = (
         ("--depth", v["depth"] >= 0, "must be 0 or more"),
         ("--period", v["period"] > 0, "must be more than 0s"),
+        ("--init-period", v["init_period"] >= 0, "must not be negative"),
         ("--sync-timeout", v["sync_timeout"] > 0, "must be more than 0s"),
         ("--max-failures", v["max_failures"] >= -1, "must be -1 or more"),
+        ("--init-max-failures", v["init_max_failures"] is None or v["init_max_failures"] >= -1,
+         "must be -1 or more"),
+        ("--askpass-url", not v["askpass_url"] or urlsplit(v["askpass_url"]).scheme
+         in ("http", "https"), "expected an http:// or https:// URL"),
+        ("--git", bool(v["git"].strip()), "must not be empty"),
         ("--exechook-timeout", v["exechook_timeout"] > 0, "must be more than 0s"),
         ("--exechook-backoff", v["exechook_backoff"] >= 0, "must not be negative"),
         ("--webhook-timeout", v["webhook_timeout"] > 0, "must be more than 0s"),
@@ -276,29 +301,19 @@ def _optional_path(text: str, base: Path | None) -> Path | None:
     return path if path.is_absolute() or base is None else base / path
 
 
-def _parse_git_config(text: str) -> tuple[tuple[str, str], ...]:
+def _parse_git_config(text: str, added: tuple[str, ...] = ()) -> tuple[tuple[str, str], ...]:
+    """--git-config in git-sync's grammar (gitsync.compat), then each --git-config-add."""
     pairs = []
-    for item in _split_unquoted_commas(text):
-        key, sep, value = item.partition(":")
-        if not sep or not key.strip():
-            raise ConfigError(f"--git-config: expected key:value, got {item!r}")
-        pairs.append((key.strip(), value.strip().strip('"')))
+    for flag, item in (("--git-config", text), *(("--git-config-add", one) for one in added)):
+        try:
+            parsed = parse_git_config(item)
+        except ValueError as err:
+            raise ConfigError(f"{flag}: {err}") from None
+        for key, value in parsed:
+            if not key.strip():
+                raise ConfigError(f"{flag}: an empty key in {item!r}")
+            pairs.append((key.strip(), value))
     return tuple(pairs)
-
-
-def _split_unquoted_commas(text: str) -> list[str]:
-    """Split on commas outside double quotes, as git-sync does for values holding commas."""
-    items, current, quoted = [], [], False
-    for char in text:
-        if char == '"':
-            quoted = not quoted
-        if char == "," and not quoted:
-            items.append("".join(current))
-            current = []
-        else:
-            current.append(char)
-    items.append("".join(current))
-    return [item.strip() for item in items if item.strip()]
 
 
 def _parse_bind(text: str) -> tuple[str, int] | None:

@@ -43,6 +43,9 @@ class CredentialSource(Protocol):
     def remote_url(self) -> str:
         """The repository URL for git's argv, with any credentials taken out of it."""
 
+    def drain_calls(self) -> tuple[tuple[str, str], ...]:
+        """The credential fetches made since the last call, e.g. ("askpass", "error")."""
+
 
 class Engine:
     def __init__(self, config: Config, repo: Repository, publisher: Publisher,
@@ -74,6 +77,7 @@ class Engine:
         self._depth_recorded = False  # DEPTH_KEY holds this run's --depth
         self.deploys = Deployer(rollouts, publisher, config, trigger=self.trigger,  # gitsync.deploy
                                 stopping=self._stopping.is_set)
+        self._succeeded = False  # a sync of this process succeeded: --init-* no longer apply
 
     # -- the interface the API, CLI and hooks use ----------------------------------
 
@@ -158,7 +162,8 @@ class Engine:
 
     def _next_trigger(self) -> str | None:
         """Wait for a trigger or the period's end; while a rollout runs, ask the app meanwhile."""
-        due = time.monotonic() + self.config.period
+        period = self.config.period if self._succeeded else self.config.init_period
+        due = time.monotonic() + period
         while True:
             left = max(0.0, due - time.monotonic())
             reason = self._wait_for_trigger(min(left, ROLLOUT_POLL) if self.deploys.active() else left)
@@ -183,7 +188,10 @@ class Engine:
         return min(reasons, key=lambda r: _TRIGGER_RANK.get(r, 9))
 
     def _failure_budget_spent(self) -> bool:
-        return self.config.max_failures >= 0 and self._failures > self.config.max_failures
+        allowed = self.config.max_failures
+        if not self._succeeded and self.config.init_max_failures is not None:
+            allowed = self.config.init_max_failures
+        return allowed >= 0 and self._failures > allowed
 
     # -- start-up -------------------------------------------------------------------
 
@@ -214,10 +222,13 @@ class Engine:
             error = None
         except SyncError as err:
             result, error = "error", str(err)
+        first = result != "error" and not self._succeeded
+        self._succeeded = self._succeeded or first
         outcome = SyncResult(trigger=trigger, at=at,
                              duration_ms=int((time.monotonic() - started) * 1000),
                              result=result, commit=self._commit, error=error,
-                             tree=str(self.publisher.tree(self._commit)) if self._commit else None)
+                             tree=str(self.publisher.tree(self._commit)) if self._commit else None,
+                             first=first, auth_calls=self._drain_auth_calls())
         outcome = self.deploys.tag(outcome)
         self._record(outcome)
         self._log(outcome)
@@ -251,7 +262,8 @@ class Engine:
     def _current_tree_is_usable(self) -> bool:
         current = self.publisher.published_sha()
         return (current is not None and not self._published_tree_damaged
-                and self.publisher.tree_exists(current))
+                and self.publisher.tree_exists(current)
+                and self.publisher.tree_head_matches(current))   # HEAD moved in place: rebuild
 
     def _remote_head(self, deadline: Deadline) -> RemoteHead:
         if is_full_sha(self.config.ref):
@@ -292,6 +304,9 @@ class Engine:
             self._depth_recorded = True
         self._depth_changed = False
 
+    def _drain_auth_calls(self) -> tuple[tuple[str, str], ...]:
+        return self._credentials.drain_calls() if self._credentials is not None else ()
+
     def _use_fresh_credentials(self) -> None:
         if self._credentials is None:
             return
@@ -303,6 +318,7 @@ class Engine:
         if self._stopping.is_set():
             return
         try:
+            self.publisher.discard_strays()
             keep, at_once = self.deploys.trees_to_keep()
             if self.publisher.remove_stale_trees(keep, at_once=at_once):
                 self.repo.collect_garbage()

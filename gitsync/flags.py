@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from . import __version__
+from .compat import parse_credentials, parse_entry
 from .durations import parse_duration
 from .options import Option, Table, parse_bool, parse_bytes, parse_int, parse_list, parse_signal
 
@@ -37,14 +38,27 @@ OPTIONS: tuple[Option, ...] = (
         Option("--sparse-checkout-file", str, "", "a file of sparse-checkout patterns; only matching "
                "paths are checked out", metavar="FILE"),
         Option("--git-config", str, "", "extra git config for every git call, as key:value pairs "
-               "separated by commas", metavar="LIST"),
+               "separated by commas; keys and values may be double-quoted, with backslash escapes "
+               "(n, t, quote, comma, backslash), as git-sync reads them", metavar="LIST"),
+        Option("--git-config-add", parse_entry, (), "one more git config entry, key:value, added after "
+               "--git-config; repeat the flag for several", metavar="KEY:VALUE", repeatable=True),
+        Option("--filter", str, "", "fetch as a partial clone with this filter (e.g. blob:none, "
+               "tree:0); the checkout fetches the blobs it needs", metavar="FILTER"),
+        Option("--git-gc", str, "auto", "garbage collection after old trees are removed: auto "
+               "(when git finds enough loose objects), always, aggressive, or off",
+               choices=("auto", "always", "aggressive", "off")),
+        Option("--git", str, "git", "the git program to run (looked up on PATH)", metavar="PATH"),
     ),
     *_group("timing",
         Option("--period", parse_duration, 10.0, "how long to wait between polls of the remote"),
+        Option("--init-period", parse_duration, 0.0, "how long to wait between attempts until the "
+               "first successful sync (default: --period)"),
         Option("--sync-timeout", parse_duration, 120.0, "the longest one sync may take; git is killed "
                "after it"),
         Option("--max-failures", parse_int, 0, "consecutive failed syncs allowed before exiting "
                "(0: exit on the first failure, -1: never exit)"),
+        Option("--init-max-failures", parse_int, None, "consecutive failed syncs allowed before the "
+               "first success; -1 never exits (default: --max-failures)"),
         Option("--one-time", parse_bool, False, "sync once, then exit (0 on success)"),
         Option("--stale-worktree-timeout", parse_duration, 0.0, "keep a tree the link left at least this "
                "long (it is always kept until the next publish)"),
@@ -60,6 +74,24 @@ OPTIONS: tuple[Option, ...] = (
                "--ssh-known-hosts-file"),
         Option("--ssh-known-hosts-file", str, "/etc/git-secret/known_hosts", "the known_hosts file "
                "for SSH remotes", metavar="FILE"),
+        Option("--credential", parse_credentials, (), "a login for the URLs under one prefix, as JSON: "
+               '{"url": ..., "username": ..., "password" or "password-file": ...} (or a list of '
+               "them); repeat the flag for several", metavar="JSON", repeatable=True),
+        Option("--askpass-url", str, "", "a URL asked for the username and password before each sync "
+               "(it answers username=... and password=... lines)", metavar="URL"),
+        Option("--cookie-file", parse_bool, False, "give git the cookie file "
+               "/etc/git-secret/cookie_file (http.cookiefile)"),
+        Option("--github-base-url", str, "https://api.github.com/", "the GitHub API that issues "
+               "GitHub App installation tokens", metavar="URL"),
+        Option("--github-app-private-key-file", str, "", "the GitHub App's private key (PEM), or set "
+               "GITSYNC_GITHUB_APP_PRIVATE_KEY", metavar="FILE"),
+        Option("--github-app-client-id", str, "", "the GitHub App's client ID (or give "
+               "--github-app-application-id)", metavar="ID"),
+        Option("--github-app-application-id", parse_int, 0, "the GitHub App's application ID"),
+        Option("--github-app-installation-id", parse_int, 0, "the installation whose token syncs "
+               "the repository; required with a GitHub App"),
+        Option("--add-user", parse_bool, False, "add an /etc/passwd entry for the running UID if it "
+               "lacks one (ssh wants a user name)"),
     ),
     *_group("after a publish",
         Option("--exechook-command", str, "", "a command run in the new tree after each publish, "
@@ -76,8 +108,11 @@ OPTIONS: tuple[Option, ...] = (
                "webhook"),
         Option("--touch-file", str, "", "a file touched after each publish, relative to --root "
                "unless absolute", metavar="FILE"),
-        Option("--error-file", str, "", "a file holding the last sync error, removed after a "
-               "successful sync; relative to --root unless absolute", metavar="FILE"),
+        Option("--error-file", str, "", "a file holding the last sync error as git-sync's JSON "
+               "({\"Msg\", \"Err\", \"Args\"}), removed after a successful sync; relative to --root "
+               "unless absolute", metavar="FILE"),
+        Option("--group-write", parse_bool, False, "make everything gitsync writes group-writable "
+               "(umask 002)"),
     ),
     *_group("triggers and the HTTP API",
         Option("--sync-on-signal", parse_signal, None, "sync at once when this signal arrives (e.g. HUP)",
@@ -85,6 +120,8 @@ OPTIONS: tuple[Option, ...] = (
         Option("--http-bind", str, "0.0.0.0:8080", "the address of the HTTP API; port 0 picks a "
                "free port; empty turns the API off", metavar="HOST:PORT"),
         Option("--http-metrics", parse_bool, True, "serve Prometheus metrics at /metrics"),
+        Option("--http-pprof", parse_bool, False, "git-sync's Go profiler endpoints; accepted for "
+               "compatibility, with a warning (there is no Go runtime to profile)"),
         Option("--receiver-secret-file", str, "", "a file holding the shared secret for inbound push "
                "webhooks (or set GITSYNC_RECEIVER_SECRET); without it /api/v1/webhook answers 404",
                metavar="FILE"),
@@ -138,5 +175,5 @@ TABLE = Table(
     description="Keep <root>/<link> pointing at the newest commit of a git ref, "
                 "published atomically, and serve a status, health and webhook API.",
     extra_env=("GITSYNC_PASSWORD", "GITSYNC_RECEIVER_SECRET", "GITSYNC_API_TOKEN", "GITSYNC_HASH",
-               "GITSYNC_PEER_SECRET"),
+               "GITSYNC_PEER_SECRET", "GITSYNC_GITHUB_APP_PRIVATE_KEY"),
 )

@@ -92,7 +92,8 @@ class GitRunner:
     """
 
     def __init__(self, *, env: Mapping[str, str], config: Sequence[tuple[str, str]] = (),
-                 secrets: Sequence[str] = ()):
+                 secrets: Sequence[str] = (), program: str = "git"):
+        self.program = program   # --git: the git binary, looked up on PATH
         self._env = dict(env)
         self._config = list(config)
         self._secrets = [s for s in secrets if s]
@@ -104,6 +105,7 @@ class GitRunner:
     def with_env(self, extra: Mapping[str, str], secrets: Sequence[str] = ()) -> "GitRunner":
         """A runner like this one with more environment (e.g. fresh credentials)."""
         clone = GitRunner.__new__(GitRunner)
+        clone.program = self.program
         clone._env = {**self._env, **extra}
         clone._config = list(self._config)
         clone._secrets = self._secrets + [s for s in secrets if s]
@@ -132,7 +134,7 @@ class GitRunner:
             # Shutting down: no new git may start, or it could outlive gitsync with a lock held.
             raise GitError(step, f"git {_subcommand(args)} not started: gitsync is shutting down")
         started = time.monotonic()
-        status, out, err = self._execute(["git", *args], cwd, timeout)
+        status, out, err = self._execute([self.program, *args], cwd, timeout)
         name = _subcommand(args)
         log.debug("git %s: exit %s in %.0f ms", name, status, (time.monotonic() - started) * 1000)
         if status == 0:

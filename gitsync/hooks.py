@@ -8,6 +8,7 @@ retries a failed run after a backoff, for whatever hash is newest by then.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 
 # gitsync's own secrets, and how it hands credentials to git: a hook never sees them.
 _SECRET_VARIABLES = frozenset({"GITSYNC_PASSWORD", "GITSYNC_RECEIVER_SECRET", "GITSYNC_API_TOKEN",
+                               "GITSYNC_GITHUB_APP_PRIVATE_KEY", "GITSYNC_PEER_SECRET",
                                "GIT_ASKPASS", "SSH_ASKPASS", "GIT_CONFIG_PARAMETERS",
                                USERNAME_VARIABLE, PASSWORD_VARIABLE})
 _OUTPUT_LIMIT = 300
@@ -42,7 +44,7 @@ class TouchFile:
         self.path = path
 
     def __call__(self, result: SyncResult) -> None:
-        if not result.published:
+        if not result.announces:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.path.touch()
@@ -50,15 +52,23 @@ class TouchFile:
 
 
 class ErrorFile:
-    """--error-file: holds the last error while syncs fail; gone after a success."""
+    """--error-file: holds the last error while syncs fail, as git-sync writes it (a JSON
+    object: Msg, Err, Args), so tools reading git-sync's file read ours; gone after a success."""
+
+    MESSAGE = "error syncing repo, will retry"
 
     def __init__(self, path: Path):
         self.path = path
+        self._failures = 0
 
     def __call__(self, result: SyncResult) -> None:
         if result.result == "error":
-            write_atomically(self.path, f"{result.error}\n")
+            self._failures += 1
+            body = {"Msg": self.MESSAGE, "Err": result.error,
+                    "Args": {"failCount": self._failures, "trigger": result.trigger}}
+            write_atomically(self.path, json.dumps(body))
         else:
+            self._failures = 0
             self.path.unlink(missing_ok=True)
 
 
@@ -102,7 +112,7 @@ class HookRunner:
         self._thread.start()
 
     def __call__(self, result: SyncResult) -> None:
-        if result.published and result.commit and result.tree:
+        if result.announces and result.commit and result.tree:
             self.send(result.commit, Path(result.tree))
 
     def send(self, sha: str, tree: Path) -> None:

@@ -46,6 +46,16 @@ class SyncResult:
     error: str | None = None
     tree: str | None = None   # the published tree's path, for hooks
     rollout: dict | None = None   # {"result", "reason"} of the publish's rollout (gitsync.deploy)
+    # The first success of this process: hooks and git-sync's metrics treat it as a publish
+    # even when nothing changed, so a hook lost in a crash runs after the restart.
+    first: bool = False
+    # Credential fetches this cycle made, e.g. ("askpass", "success"), for the metrics.
+    auth_calls: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def announces(self) -> bool:
+        """Hooks run for this result: a publish, or the first success of the process."""
+        return self.published or (self.first and self.commit is not None)
 
     @property
     def published(self) -> bool:

@@ -113,7 +113,6 @@ class Publisher:
         self.sparse_patterns = sparse_patterns
         self.submodules = submodules
         self.depth = depth
-        self._left_at: dict[str, float] = {}
         self._spare_of: str | None = None
 
     # -- what is on the volume --------------------------------------------------------
@@ -132,6 +131,10 @@ class Publisher:
     def tree_exists(self, sha: str) -> bool:
         """The cheap check each poll makes: someone may have removed the tree by hand."""
         return (self.layout.tree(sha) / ".git").is_file()
+
+    def tree_head_matches(self, sha: str) -> bool:
+        """The check each poll makes too: no one moved the tree's HEAD (a commit made in it)."""
+        return self.repo.recorded_head(self.layout.tree(sha)) == sha
 
     def tree_is_sound(self, sha: str) -> bool:
         """A full check: the tree is a checkout of `sha` with no local change."""
@@ -369,31 +372,55 @@ class Publisher:
     # -- clean-up ----------------------------------------------------------------
 
     def _remember_left(self, sha: str) -> None:
-        self._left_at[sha] = time.monotonic()
+        """Stamp the tree the link left with the time, on disk (its directory's mtime, as
+        git-sync does), so --stale-worktree-timeout holds across restarts and --one-time runs."""
+        try:
+            os.utime(self.layout.tree(sha))
+        except OSError as err:
+            log.warning("cannot stamp the tree of %s as left: %s", sha, err.strerror)
         self.repo.write_state(PREVIOUS, sha)
 
     def remove_stale_trees(self, keep: Iterable[str] = (), *, at_once: bool = False) -> list[str]:
         """Remove trees left longer ago than the stale timeout. Never the published one, the
         previous one, or any commit in `keep` (e.g. trees an app still runs in). `at_once`:
-        the app says which trees it runs in, and `keep` holds them: the others go now."""
+        the app says which trees it runs in, and `keep` holds them: the others go now. The
+        time a tree was left is its directory's mtime, stamped when the link left it, so
+        it holds across restarts."""
         kept = {self.layout.published_sha(), *keep}
         if not at_once:
             kept.add(self.previous_sha())
-        now = time.monotonic()
+        now = time.time()
         removed = []
         for entry in sorted(self.layout.worktrees.iterdir()):
             sha = entry.name
             if not is_full_sha(sha) or sha in kept:
                 continue
-            left = self._left_at.setdefault(sha, now)
+            try:
+                left = entry.lstat().st_mtime
+            except FileNotFoundError:
+                continue
             if at_once or now - left >= self.stale_timeout:
                 self._discard(entry)
-                self._left_at.pop(sha, None)
                 removed.append(sha)
         if removed:
             self.repo.prune_worktrees()
             log.info("removed %d old worktree(s): %s", len(removed), ", ".join(s[:12] for s in removed))
         return removed
+
+    def discard_strays(self) -> list[str]:
+        """Remove what is no complete tree under .worktrees (a file, a directory not named for
+        a commit, a build a failed sync left, trash), at every sync as git-sync does, not
+        only at start. The spare stays; nothing is being built while this runs (after the
+        cycle)."""
+        strays = []
+        for entry in sorted(self.layout.worktrees.iterdir()):
+            if entry.name == SPARE or (is_full_sha(entry.name) and entry.is_dir()
+                                       and not entry.is_symlink()):
+                continue
+            log.info("removing %s: not a complete tree", entry)
+            self._discard(entry)
+            strays.append(entry.name)
+        return strays
 
     def _discard(self, path: Path) -> None:
         """Rename away first, so a half-deleted tree never sits under a real name."""

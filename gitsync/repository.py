@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Sequence
 
 from .files import hardlink_tree, write_atomically
+from .git import TARGET_REF, CommitInfo, Deadline, GitError, GitRunner, RemoteHead, is_full_sha
 from .model import SyncError
-from .git import TARGET_REF, CommitInfo, Deadline, GitError, GitRunner, RemoteHead
 from .git import _parse_head, _pick_ref  # ls-remote's answer, read where the runner lives
 
 log = logging.getLogger(__name__)
@@ -33,10 +33,12 @@ TEMPORARY_OBJECTS = ("tmp_obj_*", "tmp_pack_*", "tmp_idx_*", "tmp_rev_*", "tmp_m
 class Repository:
     """The bare repository at <root>/.git and the worktrees made from it."""
 
-    def __init__(self, root: Path, runner: GitRunner):
+    def __init__(self, root: Path, runner: GitRunner, *, gc: str = "auto", filter: str = ""):
         self.root = root
         self.git_dir = root / ".git"
         self.runner = runner
+        self.gc = gc            # --git-gc: auto, always, aggressive or off
+        self.filter = filter    # --filter: fetch as a partial clone
 
     # -- the repository itself ------------------------------------------------
 
@@ -154,6 +156,9 @@ class Repository:
             args.append(f"--depth={depth}")
         elif self.is_shallow():
             args.append("--unshallow")
+        if self.filter:
+            # git records the URL as the promisor remote: a checkout fetches missing blobs.
+            args.append(f"--filter={self.filter}")
         try:
             self._git("fetch", *args, "--", url, f"+{source}:{TARGET_REF}", deadline=deadline)
         except GitError:
@@ -180,8 +185,16 @@ class Repository:
         return CommitInfo(sha=sha, subject=subject, author=author, time=when)
 
     def collect_garbage(self) -> None:
-        """Drop objects no worktree or ref reaches any more (git-sync's --git-gc=auto)."""
-        self._git("gc", "-c", "gc.auto=6700", "gc", "--auto", "--quiet", "--prune=now")
+        """Drop objects no worktree or ref reaches any more, as --git-gc says: auto (only
+        when git counts enough loose objects), always, aggressive, or off."""
+        if self.gc == "off":
+            return
+        # Records of removed trees and their reflogs keep objects alive: drop them first.
+        self._git("gc", "worktree", "prune")
+        self._git("gc", "reflog", "expire", "--expire-unreachable=all", "--all")
+        mode = {"auto": ["-c", "gc.auto=6700", "gc", "--auto"], "always": ["gc"],
+                "aggressive": ["gc", "--aggressive"]}[self.gc]
+        self._git("gc", *mode, "--quiet", "--prune=now")
 
     # -- worktrees --------------------------------------------------------------
 
@@ -311,6 +324,16 @@ class Repository:
             more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
             raise SyncError("checkout", f"git did not write {missing[0]!r}{more} (a name too long for "
                                         "the filesystem?); the tree is not published")
+
+    def recorded_head(self, path: Path) -> str | None:
+        """The commit a tree's HEAD names, read from its admin directory: no git process,
+        cheap enough for every poll. None for a branch (someone committed in the tree) or
+        a tree with no record."""
+        try:
+            text = (self.worktree_admin_dir(path) / "HEAD").read_text().strip()
+        except (GitError, OSError):
+            return None
+        return text if is_full_sha(text) else None
 
     def worktree_is_clean(self, path: Path) -> bool:
         try:

@@ -162,8 +162,8 @@ def test_verbose_as_git_sync_takes_it(flags, level):
 
 
 def test_no_abbreviated_flags():
-    with pytest.raises(ConfigError, match="unrecognized arguments: --git=x"):
-        parse_args(BASE + ["--git=x"], {})
+    with pytest.raises(ConfigError, match="unrecognized arguments: --git-conf=x"):
+        parse_args(BASE + ["--git-conf=x"], {})
 
 
 def test_rollout_and_fleet_settings():

@@ -7,6 +7,8 @@ engine listener; the gauges are read from `engine.status()` at scrape time.
 
 from __future__ import annotations
 
+import resource
+import threading
 from typing import TYPE_CHECKING
 
 from flask import Blueprint, Response, abort, current_app
@@ -14,7 +16,9 @@ from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
+    ProcessCollector,
     Summary,
     generate_latest,
 )
@@ -36,6 +40,15 @@ bp = Blueprint("metrics", __name__)
 SYNC_STATUS = {"published": "success", "unchanged": "noop", "error": "error"}
 # From a publish to live (or not): a reload takes a fraction of a second, a timeout 60 s.
 ROLLOUT_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+# git-sync's counters whose names carry no _total (Go's client adds none); prometheus_client
+# would add one, so these are written out as text. Names: what the engine reports.
+EXACT_COUNTERS = {
+    "askpass": ("git_sync_askpass_calls",
+                "How many git askpass calls completed, partitioned by state (success, error)"),
+    "github_app": ("git_sync_refresh_github_app_token_count",
+                   "How many times the GitHub app token was refreshed, partitioned by state "
+                   "(success, error)"),
+}
 
 
 class Metrics:
@@ -57,17 +70,49 @@ class Metrics:
             "gitsync_peer_notifications_received", "Notifications received from peers, by result "
             "(sync, rate_limited, already, duplicate, unauthorized, stale, malformed)", ["result"],
             registry=self.registry)
+        self.fetch_count = Counter("git_fetch_count", "How many git fetches were run",
+                                   registry=self.registry)
+        self.scrapes = Counter("promhttp_metric_handler_requests", "Total number of scrapes by "
+                               "HTTP status code", ["code"], registry=self.registry)
+        self.scrapes_in_flight = Gauge("promhttp_metric_handler_requests_in_flight", "Current "
+                                       "number of scrapes being served", registry=self.registry)
+        ProcessCollector(registry=self.registry)   # process_*: the names Go's client uses too
+        self.registry.register(_AddressSpaceLimit())
         for status in SYNC_STATUS.values():   # zeros from the start, so rate() works at once
             self.sync_count.labels(status)
             self.sync_duration.labels(status)
+        for code in ("200", "500", "503"):
+            self.scrapes.labels(code)
+        self._exact = {(kind, status): 0 for kind in EXACT_COUNTERS for status in ("success", "error")}
+        self._exact_lock = threading.Lock()
         self.registry.register(_EngineGauges(engine))
         engine.add_listener(self.observe_sync)
         self._add_rollout_metrics(engine)
 
     def observe_sync(self, result: SyncResult) -> None:
+        # git-sync counts the first sync of each process as a sync that fetched, changed or not.
         status = SYNC_STATUS.get(result.result, "error")
+        if result.first and status == "noop":
+            status = "success"
         self.sync_count.labels(status).inc()
         self.sync_duration.labels(status).observe(result.duration_ms / 1000)
+        if status == "success":
+            self.fetch_count.inc()
+        with self._exact_lock:
+            for kind, outcome in result.auth_calls:
+                if (kind, outcome) in self._exact:
+                    self._exact[kind, outcome] += 1
+
+    def exact_counters_text(self) -> bytes:
+        """git-sync's counters without a _total suffix, in the text format."""
+        with self._exact_lock:
+            counts = dict(self._exact)
+        lines = []
+        for kind, (name, documentation) in EXACT_COUNTERS.items():
+            lines += [f"# HELP {name} {documentation}", f"# TYPE {name} counter"]
+            lines += [f'{name}{{status="{status}"}} {float(counts[kind, status])}'
+                      for status in ("error", "success")]
+        return ("\n".join(lines) + "\n").encode()
 
     def count_webhook(self, forge: str, result: str) -> None:
         self.webhooks.labels(forge, result).inc()
@@ -119,6 +164,20 @@ class _EngineGauges:
         yield info
 
 
+class _AddressSpaceLimit:
+    """process_virtual_memory_max_bytes, which Go's process collector has and Python's lacks:
+    RLIMIT_AS, with "unlimited" as the largest 64-bit value, as Go reports it."""
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+        value = float(2 ** 64 - 1) if soft == resource.RLIM_INFINITY else float(soft)
+        yield _gauge("process_virtual_memory_max_bytes", "Maximum amount of virtual memory "
+                     "available in bytes.", value)
+
+
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
     return GaugeMetricFamily(name, documentation, value=float(value))
 
@@ -127,5 +186,11 @@ def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
 def metrics():
     if not current_app.config["HTTP_METRICS"]:
         abort(404, "metrics are off (--http-metrics=false)")
-    data = generate_latest(services().metrics.registry)
+    metrics = services().metrics
+    metrics.scrapes_in_flight.inc()
+    try:
+        data = generate_latest(metrics.registry) + metrics.exact_counters_text()
+    finally:
+        metrics.scrapes_in_flight.dec()
+    metrics.scrapes.labels("200").inc()   # after the text, as Go's handler counts it
     return Response(data, content_type=CONTENT_TYPE_LATEST)

@@ -85,11 +85,15 @@ def _header_bytes(value: str) -> bytes:
 
 @bp.get("/")
 def page():
-    status = services().engine.status()
-    response = current_app.make_response(render_template(
+    """The page, with git-sync's status code for `/`: 503 until the first publish, then 200
+    (probes written for git-sync point at `/`)."""
+    engine = services().engine
+    status = engine.status()
+    response = current_app.make_response((render_template(
         "status.html", status=status.to_dict(),
         refresh_ms=int(current_app.config["PAGE_REFRESH_SECONDS"] * 1000),
-        fleet_url=url_for("peers.fleet_view") if services().peers else None))
+        fleet_url=url_for("peers.fleet_view") if services().peers else None),
+        200 if engine.is_ready() else 503))
     response.headers["Cache-Control"] = "no-store"
     response.headers["Content-Security-Policy"] = PAGE_POLICY
     return response
