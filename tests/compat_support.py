@@ -17,10 +17,11 @@ from pathlib import Path
 
 import jwt
 import requests
-from apiutil import served_port
+from support.api import served_port
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from gitutil import git, wait_for
+from support.repos import git
+from support.waiting import wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
 WAIT = 30.0   # generous: the machine is shared

@@ -8,7 +8,6 @@ import subprocess
 import sys
 
 import pytest
-from apiutil import api_factory  # noqa: F401  (a fixture)
 from prometheus_client.parser import text_string_to_metric_families
 
 from gitsync.compat import Credential, parse_credentials, parse_git_config

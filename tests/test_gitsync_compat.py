@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 from compat_support import WAIT, slow_git, start_sidecar
-from gitutil import Remote, git, published_sha, wait_for
+from support.repos import Remote, git, published_sha
+from support.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -11,10 +11,11 @@ import stat
 from pathlib import Path
 
 import pytest
-from apiutil import free_port
+from support.ports import free_port
 from compat_support import WAIT, GitHubStandIn, ScriptedServer, add_submodule, make_github_app, start_sidecar
-from gitservers import SmartHttpServer, SshServer
-from gitutil import Remote, wait_for
+from support.servers import SmartHttpServer, SshServer
+from support.repos import Remote
+from support.waiting import wait_for
 from test_gitsync_compat import file_at, one_time
 
 from gitsync import compat

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 from compat_support import WAIT, ScriptedServer, hook_script, lines, slow_git, start_sidecar
-from gitutil import Remote, wait_for
+from support.repos import Remote
+from support.waiting import wait_for
 from test_gitsync_compat import file_at, one_time
 
 pytestmark = pytest.mark.timeout(120)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 from compat_support import add_submodule, bump_submodule, drop_submodule, start_sidecar
-from gitservers import SshServer
-from gitutil import Remote, git
+from support.servers import SshServer
+from support.repos import Remote, git
 from test_gitsync_compat import file_at, one_time
 
 pytestmark = pytest.mark.timeout(180)

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 from compat_support import WAIT, settle, start_sidecar
-from gitutil import Remote, git, published_sha, wait_for
+from support.repos import Remote, git, published_sha
+from support.waiting import wait_for
 from test_gitsync_compat import file_at, one_time
 
 pytestmark = pytest.mark.timeout(120)
