@@ -25,7 +25,7 @@ bench: $(STAMP)
 
 # The receiver fuzz test with many random examples (make test runs a bounded, fixed set).
 fuzz: $(STAMP)
-	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest -q tests/test_receiver_fuzz.py
+	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest -q --timeout 0 tests/test_receiver_fuzz.py
 
 # Attack a real gitsync on loopback; writes the table to docs/reliability.md.
 harden: $(STAMP)

@@ -18,6 +18,7 @@ whole body before reading gets the 413 instead of a connection reset.
 from __future__ import annotations
 
 import errno
+import heapq
 import json
 import logging
 import socket
@@ -45,6 +46,7 @@ DRAIN_BYTES = 64 * 1024 * 1024     # read and discard at most this after an earl
 DRAIN_SECONDS = 10.0
 DRAIN_CHUNK = 256 * 1024
 ACCEPT_BATCH = 64                  # connections accepted per wakeup: a queue drains fast
+EVICT_BATCH = 32                   # idle connections closed at once when at the limit
 CHECK_INTERVAL = 1                 # seconds between deadline checks
 ERROR_TEXT = {413: "the body is larger than the receiver accepts"}
 
@@ -166,6 +168,9 @@ class GuardedServer(TcpWSGIServer):
             self.channel_class(self, conn, self.fix_addr(addr), self.adj, map=self._map)
 
     def _make_room(self, force: bool = False) -> None:
+        """At the limit, close the oldest idle connections of the client holding the most:
+        up to EVICT_BATCH at once, so the scan is paid once per batch, and never more
+        than half of that client's, so its newest (a probe behind an attack) stay."""
         if len(self.active_channels) < MAX_CONNECTIONS and not force:
             return
         idle = [channel for channel in self.active_channels.values() if not channel.serving]
@@ -173,9 +178,10 @@ class GuardedServer(TcpWSGIServer):
             return      # all busy: waitress's connection_limit stops accepting for now
         per_client = Counter(channel.addr[0] for channel in idle)
         busiest = max(per_client, key=per_client.__getitem__)
-        victim = min((channel for channel in idle if channel.addr[0] == busiest),
-                     key=lambda channel: channel.waiting_since)
-        victim.close_now()
+        theirs = [channel for channel in idle if channel.addr[0] == busiest]
+        count = min(EVICT_BATCH, max(1, len(theirs) // 2))
+        for victim in heapq.nsmallest(count, theirs, key=lambda channel: channel.waiting_since):
+            victim.close_now()
 
     def maintenance(self, now):
         super().maintenance(now)
