@@ -432,7 +432,12 @@ def table(rows: list[Row], machine: dict, opts) -> str:
         "sends `GET /healthz` and a valid signed webhook (a push to another ref) every",
         f"{PROBE_EVERY * 1000:.0f} ms, each on a fresh connection; each attack ends with a real push that must be",
         "published through its webhook. Latencies are p50 / p99 / max in ms (answers);",
-        "the goal is every probe answered within 1 s.", "",
+        "the goal is every probe answered within 1 s. *Connections held* counts the",
+        "attacker's open sockets; it reopens each one gitsync closes at once, so *sent*",
+        "counts its connects. *Faults* are 5xx answers, resets, timeouts, syncs without a",
+        "valid proof of the secret, and echoed secrets; the bad-signature flood's 401s and",
+        "the oversize bodies' 413s are the expected answers. *Lost* is what a reader of",
+        "the published tree or a sender of a valid webhook lost.", "",
         f"Run {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC: nproc={machine['nproc']}, {machine['git']}, "
         f"python {machine['python']}, load average {machine['loadavg_start'][0]:.1f} at the start"
         f"{', quick run' if opts.quick else ''}.", "",
