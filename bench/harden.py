@@ -162,7 +162,7 @@ class Row:
 
     def measure(self, prober: Prober) -> None:
         for name, times in prober.times.items():
-            self.probes[name] = common.summary_ms(times, 50, 99)
+            self.probes[name] = common.summary_ms(times, 50, 99) | {"seconds": times}
         self.faults.update(prober.failures)
 
 
@@ -418,9 +418,13 @@ def run_attacker(opts) -> int:
 
 def latency(row: Row, name: str) -> str:
     probe = row.probes.get(name)
-    if not probe or not probe.get("n"):
+    if probe is None:
+        return "-"          # this attack is not probed
+    if not probe["n"]:
         return "no answer"
-    return f"{probe['p50_ms']:.0f} / {probe['p99_ms']:.0f} / {probe['max_ms']:.0f} ({probe['n']})"
+    slow = sum(1 for seconds in probe["seconds"] if seconds > 1.0)
+    return (f"{probe['p50_ms']:.0f} / {probe['p99_ms']:.0f} / {probe['max_ms']:.0f} "
+            f"({probe['n']}; {slow} over 1 s)")
 
 
 def table(rows: list[Row], machine: dict, opts) -> str:
@@ -431,7 +435,8 @@ def table(rows: list[Row], machine: dict, opts) -> str:
         "127.0.0.1, tracking a real remote with `--period 60s`. During each attack a prober",
         "sends `GET /healthz` and a valid signed webhook (a push to another ref) every",
         f"{PROBE_EVERY * 1000:.0f} ms, each on a fresh connection; each attack ends with a real push that must be",
-        "published through its webhook. Latencies are p50 / p99 / max in ms (answers);",
+        "published through its webhook. Latencies are p50 / p99 / max in ms (answers;",
+        "how many took over 1 s);",
         "the goal is every probe answered within 1 s. *Connections held* counts the",
         "attacker's open sockets; it reopens each one gitsync closes at once, so *sent*",
         "counts its connects. *Faults* are 5xx answers, resets, timeouts, syncs without a",
@@ -500,7 +505,8 @@ def main(argv=None) -> int:
             if not target.proc.alive():
                 row.lost = "gitsync died: " + common.failure_line(target.proc.output)
             rows.append(row)
-            print(f"   faults {dict(row.faults)}, probes {row.probes}, published "
+            probes = {name: latency(row, name) for name in row.probes}
+            print(f"   faults {dict(row.faults)}, probes {probes}, published "
                   f"{row.publish_s}, lost {row.lost}", flush=True)
     finally:
         ctx.close()
