@@ -456,11 +456,14 @@ def table(rows: list[Row], machine: dict, opts) -> str:
                      f"| {latency(row, 'webhook')} | {publish} | {row.lost} |")
     lines += ["", "Notes:", ""]
     lines += [f"- {row.attack}: {note}" for row in rows for note in row.notes]
-    lines += ["", "How the API holds (webhook/server.py): past 200 connections gitsync closes the",
-              "oldest connection that is not being served, of the client holding the most, so a",
-              "fresh request always gets in; a connection must send a complete request within",
-              "30 s; a body refused after its head (413) is read and discarded (up to 64 MiB or",
-              "10 s) before the close, so clients that send it all before reading see the 413.", ""]
+    lines += ["", "How the API holds (webhook/server.py): the kernel hands gitsync a connection only",
+              "once it has sent data (TCP_DEFER_ACCEPT, 10 s), so idle sockets wait in the kernel;",
+              "past 200 connections gitsync closes the oldest ones not being served, of the client",
+              "holding the most, so a fresh request always gets in; a connection must send a",
+              "complete request within 30 s; a body refused after its head (413) is read and",
+              "discarded (up to 64 MiB or 10 s) before the close, so clients that send it all",
+              "before reading see the 413. Engine-side attacks (disk full, SIGKILLs) are not in",
+              "this table yet.", ""]
     return "\n".join(lines)
 
 

@@ -7,7 +7,10 @@ alike. Here the server keeps accepting: past MAX_CONNECTIONS it closes the
 oldest connection that is not being served, taken from the client that holds
 the most, so a fresh request (a probe, a forge's delivery) always gets in and
 one noisy address cannot push out the others. A connection must also deliver a
-complete request within REQUEST_DEADLINE of connecting or of its last answer.
+complete request within REQUEST_DEADLINE of connecting or of its last answer. On
+Linux the listening socket defers accept() until a connection has sent data, so
+idle sockets wait in the kernel, not here, and a probe is read as soon as it is
+accepted, before it can age into the oldest.
 
 An answer that refuses a request before its body was read (413 after the head)
 is followed by a lingering close: the server half-closes, reads and discards
@@ -47,6 +50,7 @@ DRAIN_SECONDS = 10.0
 DRAIN_CHUNK = 256 * 1024
 ACCEPT_BATCH = 64                  # connections accepted per wakeup: a queue drains fast
 EVICT_BATCH = 32                   # idle connections closed at once when at the limit
+DEFER_ACCEPT_SECONDS = 10
 CHECK_INTERVAL = 1                 # seconds between deadline checks
 ERROR_TEXT = {413: "the body is larger than the receiver accepts"}
 
@@ -131,7 +135,7 @@ class GuardedChannel(HTTPChannel):
 
     def handle_read(self):
         if self.draining_since is None:
-            super().handle_read()
+            self._read_request()
             return
         try:
             self._drained += len(self.recv(DRAIN_CHUNK))   # b"" at EOF: recv closed it
@@ -140,6 +144,23 @@ class GuardedChannel(HTTPChannel):
             return
         if self._drained > DRAIN_BYTES:
             self.close_now()
+
+
+    def _read_request(self) -> None:
+        try:
+            data = self.recv(self.adj.recv_bytes)
+        except BlockingIOError:
+            # A readiness event of a connection closed earlier in this loop turn,
+            # whose descriptor this new one reuses: nothing to read yet, not an error.
+            return
+        except OSError:
+            self.close_now()
+            return
+        if data:
+            self.last_activity = time.time()
+            self.received(data)
+        else:
+            self.connected = False      # the client closed its side
 
 
 class GuardedServer(TcpWSGIServer):
@@ -200,7 +221,12 @@ def guarded_server(app: Flask, host: str, port: int) -> GuardedServer:
         connection_limit=MAX_CONNECTIONS + ACCEPT_BATCH, cleanup_interval=CHECK_INTERVAL,
         # select() fails on descriptors over 1023; poll() has no such limit.
         asyncore_use_poll=True)
-    return GuardedServer(app, adj=adj, sockinfo=adj.listen[0])
+    server = GuardedServer(app, adj=adj, sockinfo=adj.listen[0])
+    if hasattr(socket, "TCP_DEFER_ACCEPT"):
+        # Linux hands a connection to accept() only once it has sent data (or after
+        # this long): idle sockets wait in the kernel, and a probe arrives with its request.
+        server.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, DEFER_ACCEPT_SECONDS)
+    return server
 
 
 class ApiServer:
