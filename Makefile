@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv test lint docs demo bench clean
+.PHONY: venv test lint docs demo bench fuzz harden clean
 
 venv: $(STAMP)
 
@@ -32,6 +32,14 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
+
+# The receiver fuzz test with many random examples (make test runs a bounded, fixed set).
+fuzz: $(STAMP)
+	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest -q --timeout 0 tests/test_receiver_fuzz.py
+
+# Attack a real gitsync on loopback; writes the table to docs/reliability.md.
+harden: $(STAMP)
+	$(BIN)/python bench/harden.py
 
 clean:
 	rm -rf $(VENV) .demo bench/out

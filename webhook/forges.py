@@ -223,7 +223,8 @@ def _bitbucket_cloud_change(change: Any) -> RefChange | None:
     state = new if new is not None else old  # a deleted ref is named only by `old`
     if not isinstance(state, dict):
         raise _Malformed("push payload has a change without 'new' or 'old'")
-    namespace = _BITBUCKET_CLOUD_NAMESPACES.get(state.get("type"))
+    kind = state.get("type")
+    namespace = _BITBUCKET_CLOUD_NAMESPACES.get(kind) if isinstance(kind, str) else None
     if namespace is None:
         return None
     ref = namespace + _field(state, "name", str, "ref name in 'push.changes'")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from flask import Blueprint, current_app, g, jsonify, request
 from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.wsgi import get_input_stream
 
 from . import services
 from .forges import Delivery, DeliveryRejected, parse_delivery
@@ -74,10 +75,13 @@ def _read_capped_body(limit: int) -> bytes | None:
     """The body, or None once it is over `limit`: never reads more than limit + 1 bytes."""
     if request.content_length is not None and request.content_length > limit:
         return None
+    # Not request.stream: it stops at MAX_CONTENT_LENGTH (= limit) and raises when
+    # asked for the one byte that tells a body of exactly `limit` from a longer one.
+    stream = get_input_stream(request.environ, max_content_length=limit + 1)
     chunks, size = [], 0
     try:
         while size <= limit:
-            chunk = request.stream.read(min(READ_CHUNK, limit + 1 - size))
+            chunk = stream.read(min(READ_CHUNK, limit + 1 - size))
             if not chunk:
                 break
             chunks.append(chunk)
