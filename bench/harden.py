@@ -243,7 +243,7 @@ def attack_fuzz(target: Target, opts) -> Row:
     from hypothesis import HealthCheck, Phase, given, settings
 
     import test_receiver_fuzz as fuzz
-    from apiutil import FORGES
+    from support.api import FORGES
     row = Row(f"fuzzed webhooks, {len(FORGES)} forges")
     outcome: Counter = Counter()
     before = status_of(target)["sync_count"]
@@ -495,7 +495,7 @@ def main(argv=None) -> int:
     opts = parse_args(sys.argv[1:] if argv is None else argv)
     if opts.attacker:
         return run_attacker(opts)
-    from apiutil import SECRET as fuzz_secret   # the fuzz strategies sign with this one
+    from support.api import SECRET as fuzz_secret   # the fuzz strategies sign with this one
     opts.out.mkdir(parents=True, exist_ok=True)
     ctx = common.Context(opts.out, opts.quick)
     machine = common.machine_info(ctx.env)

@@ -17,8 +17,8 @@ import threading
 import pytest
 import requests
 
-from apiutil import FORGE_BY_NAME, api_factory, serve  # noqa: F401
-from gitutil import wait_for
+from support.api import FORGE_BY_NAME
+from support.waiting import wait_for
 
 GITHUB = FORGE_BY_NAME["github"]
 MiB = 1024 * 1024

@@ -23,8 +23,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from apiutil import SECRET, api_factory, forge_params, new_delivery_id  # noqa: F401
-from gitutil import ZERO_SHA
+from support.api import SECRET, forge_params, new_delivery_id
+from support.repos import ZERO_SHA
 
 settings.register_profile(
     "quick", max_examples=200, deadline=None, derandomize=True, database=None,
