@@ -51,7 +51,7 @@ def is_ssh_url(url: str) -> bool:
 def _split(url: str) -> SplitResult | None:
     try:
         parts = urlsplit(url)
-        parts.port   # raises ValueError on a malformed port
+        _ = parts.port   # raises ValueError on a malformed port
     except ValueError:
         return None
     return parts if parts.scheme in _HTTP_SCHEMES else None

@@ -14,8 +14,9 @@ import queue
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from datetime import datetime
-from typing import Callable, Protocol
+from typing import Protocol
 
 from . import recover
 from .config import Config

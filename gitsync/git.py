@@ -13,9 +13,9 @@ import re
 import subprocess
 import threading
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import git as gitpython
 
@@ -102,7 +102,7 @@ class GitRunner:
         self._running_lock = threading.Lock()
         self._cancelled = threading.Event()
 
-    def with_env(self, extra: Mapping[str, str], secrets: Sequence[str] = ()) -> "GitRunner":
+    def with_env(self, extra: Mapping[str, str], secrets: Sequence[str] = ()) -> GitRunner:
         """A runner like this one with more environment (e.g. fresh credentials)."""
         clone = GitRunner.__new__(GitRunner)
         clone.program = self.program

@@ -14,8 +14,9 @@ import os
 import subprocess
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping, Protocol
+from typing import Protocol
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -154,7 +155,7 @@ class HookRunner:
                 if self._draining:
                     return
                 if not succeeded:   # back off, unless a newer hash or a stop comes first
-                    self._wake.wait_for(lambda: self._stopping or self._draining
+                    self._wake.wait_for(lambda sha=sha: self._stopping or self._draining
                                         or self._pending[0] != sha, timeout=self.backoff)
 
     def _run_once(self, sha: str, tree: Path) -> bool:

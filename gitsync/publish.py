@@ -23,11 +23,14 @@ import shutil
 import subprocess
 import time
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
-from .files import exchange, hardlink_tree
-from .files import write_atomically  # noqa: F401  (hooks import it from here)
+from .files import (
+    exchange,
+    hardlink_tree,
+    write_atomically,  # noqa: F401  (hooks import it from here)
+)
 from .git import Deadline, GitError, is_full_sha
 from .model import SyncError
 from .repository import Repository
@@ -147,20 +150,6 @@ class Publisher:
     def make_room(self) -> None:
         self.layout.worktrees.mkdir(parents=True, exist_ok=True)
         self.layout.link.parent.mkdir(parents=True, exist_ok=True)
-
-    def move_aside(self) -> Path:
-        """Something not ours (a directory or file) stands where the link goes: rename it
-        beside the link, never delete it (a user's data), and say where it went."""
-        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        kept = self.link.parent / f".{self.link.name}.kept-{stamp}-{uuid.uuid4().hex[:6]}"
-        try:
-            os.rename(self.link, kept)
-        except OSError as err:
-            raise SyncError("publish", f"{self.link} exists and is not a symlink, and cannot be moved "
-                                       f"aside: {err.strerror}") from err
-        log.warning("%s was not a symlink; moved it to %s (nothing in it was removed) and publishing",
-                    self.link, kept)
-        return kept
 
     def remove_temporary_links(self) -> None:
         self.layout.remove_temporary_links()

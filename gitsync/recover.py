@@ -10,8 +10,8 @@ a step that fails raises SyncError naming its step and stops the start-up.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from .config import Config
 from .model import SyncError

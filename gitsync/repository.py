@@ -12,13 +12,22 @@ import logging
 import re
 import shutil
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from .files import hardlink_tree, write_atomically
-from .git import TARGET_REF, CommitInfo, Deadline, GitError, GitRunner, RemoteHead, is_full_sha
+from .git import (  # ls-remote's answer, read where the runner lives
+    TARGET_REF,
+    CommitInfo,
+    Deadline,
+    GitError,
+    GitRunner,
+    RemoteHead,
+    _parse_head,
+    _pick_ref,
+    is_full_sha,
+)
 from .model import SyncError
-from .git import _parse_head, _pick_ref  # ls-remote's answer, read where the runner lives
 
 log = logging.getLogger(__name__)
 

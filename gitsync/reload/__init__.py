@@ -39,7 +39,6 @@ from collections.abc import Mapping, Sequence
 from .systemd import SHIM_FLAG
 
 
-
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else list(argv)
     if args[:1] == [SHIM_FLAG]:

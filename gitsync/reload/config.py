@@ -15,8 +15,16 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from gitsync.durations import format_duration
-from gitsync.options import (ConfigError, Option, Table, parse_bool, parse_host_port, parse_list,
-                             parse_seconds, parse_signal)
+from gitsync.options import (
+    ConfigError,
+    Option,
+    Table,
+    parse_bool,
+    parse_host_port,
+    parse_list,
+    parse_seconds,
+    parse_signal,
+)
 
 from .pycommand import PythonCommand, parse_modules, parse_python_command
 
