@@ -44,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         api = start_api(config, engine)
     except OSError as err:
-        host, port = config.http_bind
+        host, port = config.http_bind or ("", 0)
         print(f"gitsync: error: --http-bind: cannot listen on {host}:{port}: {err.strerror}",
               file=sys.stderr)
         return 1

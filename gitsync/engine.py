@@ -144,9 +144,9 @@ class Engine:
             log.error("cannot prepare %s: %s", self.config.root, err)
             self._set_state("failing", error=str(err))
             return 1
-        reason = "start"
+        reason: str | None = "start"
         while not self._stopping.is_set():
-            result = self.sync_once(reason)
+            result = self.sync_once(reason or "poll")
             if self._stopping.is_set():
                 break
             if self.config.one_time:

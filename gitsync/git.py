@@ -140,8 +140,8 @@ class GitRunner:
         if status == 0:
             return out
         if status is None:
-            raise GitError(step, f"git {name} killed after the sync timeout "
-                                 f"({deadline.seconds:g}s)", timed_out=True)
+            limit = f" ({deadline.seconds:g}s)" if deadline is not None else ""
+            raise GitError(step, f"git {name} killed after the sync timeout{limit}", timed_out=True)
         if self._cancelled.is_set():
             raise GitError(step, f"git {name} stopped: gitsync is shutting down")
         raise GitError(step, self._one_line(err) or f"git {name} exited with status {status}")
@@ -152,6 +152,7 @@ class GitRunner:
         git = gitpython.Git(str(cwd)) if cwd else self._git
         handle = git.execute(command, as_process=True, env=self._environment(), start_new_session=True)
         proc = handle.proc
+        assert proc is not None  # as_process=True always starts one
         with self._running_lock:
             self._running.add(proc)
             if self._cancelled.is_set():  # cancel() ran while this one was starting

@@ -8,6 +8,7 @@ retries a failed run after a backoff, for whatever hash is newest by then.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -125,8 +126,9 @@ class HookRunner:
         """Stop the worker at once; with --one-time, a hash not yet run gets its one run first."""
         with self._wake:
             # One run per hash in --one-time mode: wait for a run under way or not yet started.
-            self._draining = self.one_time and self._has_work() and (
-                self._running or self._pending[0] != self._tried)
+            pending = self._pending
+            self._draining = self.one_time and pending is not None and self._has_work() and (
+                self._running or pending[0] != self._tried)
             self._stopping = not self._draining
             self._wake.notify_all()
         if self._draining:
@@ -137,6 +139,10 @@ class HookRunner:
         self.hook.cancel()
         self._thread.join(5)
 
+    def _backoff_over(self, sha: str) -> bool:
+        """A stop, or a newer hash than the one that failed, ends the back-off at once."""
+        return self._stopping or self._draining or (self._pending is not None and self._pending[0] != sha)
+
     def _has_work(self) -> bool:
         return self._pending is not None and self._pending[0] != self._done
 
@@ -144,10 +150,11 @@ class HookRunner:
         while True:
             with self._wake:
                 self._wake.wait_for(lambda: self._stopping or self._draining or self._has_work())
-                if self._stopping or not self._has_work() or (
-                        self._draining and self._pending[0] == self._tried):
+                pending = self._pending
+                if self._stopping or pending is None or not self._has_work() or (
+                        self._draining and pending[0] == self._tried):
                     return
-                sha, tree = self._pending
+                sha, tree = pending
                 self._tried, self._running = sha, True
             succeeded = self._run_once(sha, tree)
             with self._wake:
@@ -155,8 +162,7 @@ class HookRunner:
                 if self._draining:
                     return
                 if not succeeded:   # back off, unless a newer hash or a stop comes first
-                    self._wake.wait_for(lambda sha=sha: self._stopping or self._draining
-                                        or self._pending[0] != sha, timeout=self.backoff)
+                    self._wake.wait_for(functools.partial(self._backoff_over, sha), timeout=self.backoff)
 
     def _run_once(self, sha: str, tree: Path) -> bool:
         started = time.monotonic()
@@ -307,5 +313,6 @@ def _reap(proc: subprocess.Popen) -> None:
     try:
         proc.communicate(timeout=2)
     except subprocess.TimeoutExpired:
-        proc.stdout.close()
+        if proc.stdout is not None:
+            proc.stdout.close()
         proc.wait()

@@ -7,6 +7,7 @@ and the code disagree. Nothing imports this module.
 
 from __future__ import annotations
 
+import functools
 import re
 import sys
 from pathlib import Path
@@ -26,10 +27,14 @@ def block(name: str) -> re.Pattern[str]:
 def rendered(text: str) -> str:
     """The document with every table block written afresh from the code."""
     for name, table in TABLES.items():
-        text, count = block(name).subn(lambda m, t=table: m.group(1) + t.reference() + m.group(3), text)
+        text, count = block(name).subn(functools.partial(_fill, table.reference()), text)
         if count != 1:
             raise SystemExit(f"{DOC}: expected one '<!-- options: {name} -->' block, found {count}")
     return text
+
+
+def _fill(reference: str, match: re.Match[str]) -> str:
+    return match.group(1) + reference + match.group(3)
 
 
 def main() -> int:

@@ -32,7 +32,7 @@ def receive():
         return _answer(413, UNKNOWN_FORGE, "too_large",
                        {"error": "the body is larger than the receiver accepts"})
     try:
-        delivery = parse_delivery(request.headers, body, secret)
+        delivery = parse_delivery(dict(request.headers), body, secret)
     except DeliveryRejected as rejected:
         result = "unauthorized" if rejected.status == 401 else "malformed"
         return _answer(rejected.status, UNKNOWN_FORGE, result, {"error": rejected.reason})

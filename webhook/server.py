@@ -235,7 +235,7 @@ class ApiServer:
     def __init__(self, app: Flask, host: str, port: int):
         self.app = app
         self._bind = (host, port)
-        self._server = None
+        self._server: GuardedServer | None = None
         self._thread: threading.Thread | None = None
         self.host: str | None = None
         self.port: int | None = None
@@ -243,9 +243,9 @@ class ApiServer:
     def start(self) -> None:
         # waitress says "Serving on ..." and similar at INFO; gitsync logs the address itself.
         logging.getLogger("waitress").setLevel(logging.WARNING)
-        self._server = guarded_server(self.app, *self._bind)
-        self.host, self.port = self._server.effective_host, int(self._server.effective_port)
-        self._thread = threading.Thread(target=self._server.run, name=f"http-api-{self.port}",
+        server = self._server = guarded_server(self.app, *self._bind)
+        self.host, self.port = server.effective_host, int(server.effective_port)
+        self._thread = threading.Thread(target=server.run, name=f"http-api-{self.port}",
                                         daemon=True)
         self._thread.start()
 

@@ -98,14 +98,15 @@ class Stopper:
 
     def finish(self, child: Child) -> int:
         """Wait until the group of a signalled child has ended, SIGKILL it at stop_by."""
-        if not procs.wait_group(child.process, child.stop_by - time.monotonic(), self.force, self.others()):
+        stop_by = child.stop_by if child.stop_by is not None else time.monotonic()
+        if not procs.wait_group(child.process, stop_by - time.monotonic(), self.force, self.others()):
             self.kill(child)
         else:
             self.ended(child)
         return procs.exit_status(child.process.returncode)
 
     def overdue(self, child: Child) -> bool:
-        return self.force.is_set() or time.monotonic() >= child.stop_by
+        return self.force.is_set() or (child.stop_by is not None and time.monotonic() >= child.stop_by)
 
     def kill(self, child: Child) -> None:
         logger.warning("process group %s still running; sending SIGKILL", child.pid)

@@ -154,23 +154,25 @@ class WarmLauncher(ColdLauncher):
             self.spare_due = min(self.spare_due, time.monotonic())  # it serves: warm the next one now
 
     def make_spare(self) -> None:
+        python = self.config.python
+        assert python is not None  # the config sets it with --preload, and only then is this launcher used
         self.spare_due, self.spare_at_ready = None, False
         link_directory = os.path.realpath(os.path.dirname(self.config.link))
         try:
             self.spare = Spare(
-                self.config.python,
+                python,
                 self.config.preload,
                 self.base_environ(),
                 forbidden=os.path.join(link_directory, ".worktrees"),
                 pass_fds=self.activation.pass_fds,
             )
         except OSError as error:
-            self.spare_failed(f"cannot run {self.config.python.interpreter[0]}: {error.strerror or error}")
+            self.spare_failed(f"cannot run {python.interpreter[0]}: {error.strerror or error}")
 
     def note_warm(self, spare: Spare) -> None:
         if not spare.announced:
             logger.info("spare interpreter pid %s is ready: imported %s in %s; the next start runs in it",
-                        spare.pid, ",".join(self.config.preload), format_duration(round(spare.warm_after, 3)))
+                        spare.pid, ",".join(self.config.preload), format_duration(round(spare.warm_after or 0.0, 3)))
             spare.announced = True
         self.proven = True
 

@@ -30,7 +30,7 @@ class PythonCommand:
     @property
     def words(self) -> tuple[str, ...]:
         """What follows the interpreter's options on the command line."""
-        return (self.script,) if self.script else ("-m", self.module)
+        return (self.script,) if self.script else ("-m", self.module or "")
 
 
 def parse_python_command(command: Sequence[str]) -> PythonCommand:

@@ -38,6 +38,7 @@ class Restart:
 
     def follow(self, tree: str) -> bool:
         serving, self.record.serving = self.record.serving, None
+        assert serving is not None  # the loop moves to a new tree only while a command serves
         logger.info("stopping pid %s (%s): %s", serving.pid, serving.sha, f"link moved to {os.path.basename(tree)}")
         self.record.status = self.stopper.end(serving)
         return True
@@ -91,6 +92,7 @@ class SignalOnly(Restart):
         # To the leader only, as systemd's reload does: a server's master reloads its
         # workers gracefully, while a worker sent HUP directly just dies.
         serving = self.record.serving
+        assert serving is not None  # the loop moves to a new tree only while a command serves
         logger.info("link moved to %s; sending %s to pid %s",
                     os.path.basename(tree), self.config.signal.name, serving.pid)
         if serving.process.poll() is None:
@@ -109,7 +111,9 @@ class HandOff(Restart):
                         sha, record.starting.pid, record.starting.sha)
             self.drain(record.starting)  # it may be accepting already
             record.starting = None
-        logger.info("link moved to %s; starting it beside pid %s (%s)", sha, record.serving.pid, record.serving.sha)
+        serving = record.serving
+        assert serving is not None  # the loop moves to a new tree only while a command serves
+        logger.info("link moved to %s; starting it beside pid %s (%s)", sha, serving.pid, serving.sha)
         return True
 
     def tend(self) -> None:

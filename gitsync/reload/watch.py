@@ -15,6 +15,7 @@ import select
 import socket
 import threading
 import time
+from collections.abc import Generator
 
 import watchfiles
 
@@ -67,7 +68,7 @@ class LinkWatcher:
         self.link = link
         self.directory, self.name = os.path.split(link)
         self.stop = stop  # set: every wait ends at once
-        self.watcher = None
+        self.watcher: Generator[set, None, None] | None = None
         self.watched: tuple[int, int] | None = None  # (device, inode) of the watched directory
         self.seen: str | None = None  # the link's target, as touched_or_readable() last saw it
 
@@ -100,7 +101,7 @@ class LinkWatcher:
             self.stop.wait(TICK)
             return False
         logger.info("watching %s for changes to %s", self.directory, self.name)
-        self.watcher = watchfiles.watch(
+        watcher = self.watcher = watchfiles.watch(
             self.directory,
             watch_filter=self.is_link,
             recursive=False,
@@ -111,7 +112,7 @@ class LinkWatcher:
             raise_interrupt=False,
         )
         try:
-            next(self.watcher)  # the watch begins when the generator first runs
+            next(watcher)  # the watch begins when the generator first runs
         except StopIteration:
             return False
         except (OSError, RuntimeError) as error:  # gone meanwhile, or not ours to read

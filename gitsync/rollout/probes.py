@@ -223,7 +223,7 @@ def observation_of_status(data: dict) -> Observation:
         state=state, target=data.get("target"),
         attempt_commit=attempt.get("commit"), attempt_state=attempt.get("state"),
         attempt_reason=_attempt_reason(attempt) if attempt else None,
-        trees=tuple(_tree_path(tree) for tree in data.get("trees", [])), reports=True)
+        trees=tuple(path for tree in data.get("trees", []) if (path := _tree_path(tree))), reports=True)
 
 
 def _tree_path(tree: object) -> str | None:
