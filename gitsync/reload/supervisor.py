@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import threading
 
@@ -51,12 +52,14 @@ class Supervisor:
         self.watcher = LinkWatcher(config.link, self.should_exit)
         self.debounce = Debounce(config.debounce)
         self.waiting_logged = False
+        self.started_once = False  # a command has run: a later tree lacking it is retried
+        self.missing_command: str | None = None  # CMD does not exist at the first start: exit 127
         self.publish()  # the API answers from the first request on
 
     @property
     def fatal(self) -> str | None:
-        """Why gitsync-reload gave up (exit 2)."""
-        return self.launcher.fatal
+        """Why gitsync-reload gave up (exit 2, or 127 for a command that does not exist)."""
+        return self.missing_command or self.launcher.fatal
 
     def install_signal_handlers(self) -> None:
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -85,7 +88,23 @@ class Supervisor:
             self.stop_all("shutting down")  # also on an unexpected error: never leave CMD behind
             self.watcher.close()
             self.activation.close()
+        if self.missing_command:
+            return 127
         return 2 if self.fatal else self.record.status
+
+    def command_is_missing(self, tree: str) -> bool:
+        """Before anything ever ran: a CMD that does not exist ends gitsync-reload (exit 127)
+        instead of being retried for ever. Afterwards a tree without it is a failed attempt."""
+        program = self.config.command[0]
+        path = os.path.join(tree, program) if "/" in program else None
+        search = self.config.environ.get("PATH", os.defpath)
+        found = os.path.exists(path) if path else shutil.which(program, path=search) is not None
+        if found:
+            return False
+        where = f"in {tree}" if path else "on PATH"
+        self.missing_command = f"cannot run {program}: no such file {where}"
+        self.should_exit.set()
+        return True
 
     def wait(self) -> bool:
         """Up to a tick; True if the link may have moved."""
@@ -181,6 +200,8 @@ class Supervisor:
         if chosen is None:
             return  # its prepare runs (asked again next tick), or failed with nothing to go back to
         tree, extra = chosen
+        if not self.started_once and self.command_is_missing(tree):
+            return
         self.record.tree, self.record.backoff.due = tree, None
         self.record.attempt_starting(os.path.basename(tree))
         try:
@@ -197,6 +218,7 @@ class Supervisor:
             self.record.could_not_start(error, os.path.basename(tree))
             self.schedule_restart(ran_for=0.0)
             return
+        self.started_once = True
         if self.record.serving is None:
             self.record.serving = child
         else:
