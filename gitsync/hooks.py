@@ -24,10 +24,10 @@ from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 from .auth import PASSWORD_VARIABLE, USERNAME_VARIABLE
-from .engine import SyncResult
+from .files import write_atomically
 from .git import redact_url
+from .model import SyncResult
 from .procs import kill_group
-from .publish import write_atomically
 
 log = logging.getLogger(__name__)
 
