@@ -11,18 +11,22 @@ forge means adding a row, not another branch in a chain of ifs.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
-import hmac
 import json
-import re
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
 from urllib.parse import parse_qs
+
+from .payloads import (
+    Malformed,
+    RefChange,
+    read_azure_ref_updates,
+    read_bitbucket_cloud_changes,
+    read_bitbucket_server_changes,
+    read_top_level_ref,
+)
+from .signatures import BasicAuthPassword, Check, HexHmac, PrefixedHmac, Token
 
 __all__ = [
     "FORGES",
@@ -33,21 +37,10 @@ __all__ = [
     "parse_delivery",
 ]
 
-# Object ids are 40 hex digits, or 64 in SHA-256 repositories (Gitea and GitLab
-# can host those); a ref deletion reports the all-zero id of either length.
-_OBJECT_ID = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
-_ZERO_ID = re.compile(r"0{40}|0{64}")
 
 _FORM = "application/x-www-form-urlencoded"
 _UNAUTHORIZED = "missing or invalid webhook signature or token"
 _UNKNOWN_FORGE = "not a recognised forge webhook (no known event headers)"
-
-
-@dataclass(frozen=True)
-class RefChange:
-    ref: str  # full ref name, e.g. "refs/heads/main", "refs/tags/v1"
-    after: str | None  # new object id as a hint; None if unknown or deleted
-    deleted: bool
 
 
 @dataclass(frozen=True)
@@ -73,10 +66,6 @@ class DeliveryRejected(Exception):
         self.reason = reason
 
 
-class _Malformed(ValueError):
-    """A verified body that is not the event it claims to be (becomes a 400)."""
-
-
 class _Headers:
     """Case-insensitive, read-only view of any header mapping.
 
@@ -93,171 +82,6 @@ class _Headers:
         """The stripped value, or None when absent or blank."""
         value = self._values.get(name.lower(), "").strip()
         return value or None
-
-
-def _header_bytes(value: str) -> bytes:
-    """Undo WSGI's latin-1 decoding so a non-ASCII token compares byte for byte."""
-    try:
-        return value.encode("latin-1")
-    except UnicodeEncodeError:
-        return value.encode("utf-8")
-
-
-def _hmac_sha256_hex(secret: bytes, content: bytes) -> bytes:
-    return hmac.new(secret, content, hashlib.sha256).hexdigest().encode("ascii")
-
-
-# --- Ways a delivery proves it knows the secret -------------------------------
-# Each check looks at one header and answers only True or False, so no header
-# value can travel further than this section.
-
-
-@dataclass(frozen=True)
-class HexHmac:
-    """Bare hex HMAC-SHA256 of the signed content (Gitea, Forgejo, Gogs)."""
-
-    header: str
-
-    def passes(self, headers: _Headers, content: bytes, secret: bytes) -> bool:
-        sent = headers.get(self.header)
-        if sent is None:
-            return False
-        return hmac.compare_digest(_header_bytes(sent.lower()), _hmac_sha256_hex(secret, content))
-
-
-@dataclass(frozen=True)
-class PrefixedHmac:
-    """`sha256=<hex HMAC-SHA256>` (GitHub's X-Hub-Signature-256, Bitbucket's X-Hub-Signature).
-
-    Only SHA-256 counts: the SHA-1 X-Hub-Signature that GitHub and Gitea also
-    send fails here because its prefix is "sha1=".
-    """
-
-    header: str
-    prefix: str = "sha256="
-
-    def passes(self, headers: _Headers, content: bytes, secret: bytes) -> bool:
-        sent = headers.get(self.header)
-        if sent is None:
-            return False
-        expected = self.prefix.encode("ascii") + _hmac_sha256_hex(secret, content)
-        return hmac.compare_digest(_header_bytes(sent.lower()), expected)
-
-
-@dataclass(frozen=True)
-class Token:
-    """The secret itself in a header (GitLab's X-Gitlab-Token); no body binding."""
-
-    header: str
-
-    def passes(self, headers: _Headers, content: bytes, secret: bytes) -> bool:
-        sent = headers.get(self.header)
-        return sent is not None and hmac.compare_digest(_header_bytes(sent), secret)
-
-
-@dataclass(frozen=True)
-class BasicAuthPassword:
-    """HTTP basic auth whose password is the secret (Azure DevOps service hooks).
-
-    The user name is not checked: Azure asks for one, but only the password is
-    a shared secret.
-    """
-
-    def passes(self, headers: _Headers, content: bytes, secret: bytes) -> bool:
-        scheme, _, encoded = (headers.get("Authorization") or "").partition(" ")
-        if scheme.lower() != "basic":
-            return False
-        try:
-            decoded = base64.b64decode(encoded.strip(), validate=True)
-        except (binascii.Error, ValueError):
-            return False
-        _, colon, password = decoded.partition(b":")
-        return bool(colon) and hmac.compare_digest(password, secret)
-
-
-Check = HexHmac | PrefixedHmac | Token | BasicAuthPassword
-
-
-# --- Push payload readers -----------------------------------------------------
-
-
-def _field(container: Any, key: str, kind: type, what: str) -> Any:
-    """`container[key]` if it has the expected JSON type, else a 400 naming `what`."""
-    value = container.get(key) if isinstance(container, dict) else None
-    if not isinstance(value, kind) or (kind is str and not value):
-        raise _Malformed(f"push payload has no valid {what}")
-    return value
-
-
-def _ref_change(ref: str, new_id: Any, deleted: bool = False) -> RefChange:
-    """One ref update; an all-zero new id is how most forges spell a deletion."""
-    new_id = new_id.lower() if isinstance(new_id, str) else None
-    deleted = deleted or bool(new_id and _ZERO_ID.fullmatch(new_id))
-    if deleted or not (new_id and _OBJECT_ID.fullmatch(new_id)):
-        new_id = None
-    return RefChange(ref=ref, after=new_id, deleted=deleted)
-
-
-def read_top_level_ref(payload: dict) -> tuple[RefChange, ...]:
-    """GitHub, Gitea, Forgejo, Gogs and GitLab: one ref per delivery in `ref`/`after`."""
-    ref = _field(payload, "ref", str, "'ref'")
-    return (_ref_change(ref, payload.get("after"), deleted=payload.get("deleted") is True),)
-
-
-# Bitbucket Cloud names refs without their namespace; these restore it.
-# Mercurial-era types ("named_branch", "bookmark") have no git ref and are skipped.
-_BITBUCKET_CLOUD_NAMESPACES = {"branch": "refs/heads/", "tag": "refs/tags/"}
-
-
-def read_bitbucket_cloud_changes(payload: dict) -> tuple[RefChange, ...]:
-    """`push.changes[]`: each has `new` and `old` states; `new` is null on deletion."""
-    push = _field(payload, "push", dict, "'push'")
-    changes = _field(push, "changes", list, "'push.changes'")
-    read = (_bitbucket_cloud_change(change) for change in changes)
-    return tuple(change for change in read if change is not None)
-
-
-def _bitbucket_cloud_change(change: Any) -> RefChange | None:
-    new = change.get("new") if isinstance(change, dict) else None
-    old = change.get("old") if isinstance(change, dict) else None
-    state = new if new is not None else old  # a deleted ref is named only by `old`
-    if not isinstance(state, dict):
-        raise _Malformed("push payload has a change without 'new' or 'old'")
-    kind = state.get("type")
-    namespace = _BITBUCKET_CLOUD_NAMESPACES.get(kind) if isinstance(kind, str) else None
-    if namespace is None:
-        return None
-    ref = namespace + _field(state, "name", str, "ref name in 'push.changes'")
-    if new is None:
-        return RefChange(ref=ref, after=None, deleted=True)
-    target = state.get("target")
-    return _ref_change(ref, target.get("hash") if isinstance(target, dict) else None)
-
-
-def read_bitbucket_server_changes(payload: dict) -> tuple[RefChange, ...]:
-    """`changes[]` with `ref.id` (or `refId`), `toHash` and type ADD/UPDATE/DELETE."""
-    changes = _field(payload, "changes", list, "'changes'")
-    return tuple(_bitbucket_server_change(change) for change in changes)
-
-
-def _bitbucket_server_change(change: Any) -> RefChange:
-    ref = change.get("ref") if isinstance(change, dict) else None
-    ref_id = ref.get("id") if isinstance(ref, dict) else None
-    if not isinstance(ref_id, str):
-        ref_id = _field(change, "refId", str, "ref id in 'changes'")
-    return _ref_change(ref_id, change.get("toHash"), deleted=change.get("type") == "DELETE")
-
-
-def read_azure_ref_updates(payload: dict) -> tuple[RefChange, ...]:
-    """`resource.refUpdates[]` with `name` and `newObjectId` (zeros on deletion)."""
-    resource = _field(payload, "resource", dict, "'resource'")
-    updates = _field(resource, "refUpdates", list, "'resource.refUpdates'")
-    return tuple(_azure_ref_update(update) for update in updates)
-
-
-def _azure_ref_update(update: Any) -> RefChange:
-    ref = _field(update, "name", str, "ref name in 'refUpdates'")
-    return _ref_change(ref, update.get("newObjectId"))
 
 
 # --- The forges ---------------------------------------------------------------
@@ -411,7 +235,7 @@ def parse_delivery(headers: Mapping[str, str], body: bytes, secret: bytes) -> De
         event = _event_name(forge, view, payload)
         kind = forge.kind_of(event)
         changes = forge.read_changes(payload) if kind == "push" else ()
-    except _Malformed as error:
+    except Malformed as error:
         raise DeliveryRejected(400, str(error)) from None
     return Delivery(forge.name, kind, event, _delivery_id(forge, view, payload), changes)
 
@@ -442,7 +266,7 @@ def _signed_content(forge: Forge, headers: _Headers, body: bytes) -> bytes:
         return body
     try:
         return _form_payload(body)
-    except _Malformed:
+    except Malformed:
         # Without the payload there is nothing to verify, so this is not yet a
         # "signed but malformed" body.
         raise DeliveryRejected(401, _UNAUTHORIZED) from None
@@ -457,10 +281,10 @@ def _form_payload(body: bytes) -> bytes:
     try:
         fields = parse_qs(body.decode("ascii"), strict_parsing=True, errors="strict")
     except ValueError:  # includes UnicodeDecodeError
-        raise _Malformed("form body is not url-encoded") from None
+        raise Malformed("form body is not url-encoded") from None
     values = fields.get("payload", [])
     if len(values) != 1:
-        raise _Malformed("form body has no single 'payload' field")
+        raise Malformed("form body has no single 'payload' field")
     return values[0].encode("utf-8")
 
 
@@ -468,9 +292,9 @@ def _json_object(document: bytes) -> dict:
     try:
         payload = json.loads(document)
     except (ValueError, RecursionError):  # ValueError covers bad JSON and bad UTF-8
-        raise _Malformed("body is not valid JSON") from None
+        raise Malformed("body is not valid JSON") from None
     if not isinstance(payload, dict):
-        raise _Malformed("body is not a JSON object")
+        raise Malformed("body is not a JSON object")
     return payload
 
 
@@ -479,7 +303,7 @@ def _event_name(forge: Forge, headers: _Headers, payload: dict) -> str:
         return headers.get(forge.event_header) or ""
     event = payload.get(forge.event_field) if forge.event_field else None
     if not isinstance(event, str) or not event:
-        raise _Malformed(f"body has no valid '{forge.event_field}'")
+        raise Malformed(f"body has no valid '{forge.event_field}'")
     return event
 
 
