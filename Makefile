@@ -37,9 +37,11 @@ bench: $(STAMP)
 fuzz: $(STAMP)
 	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest -q --timeout 0 tests/test_receiver_fuzz.py
 
-# Attack a real gitsync on loopback; writes the table to docs/reliability.md.
+# Attack a real gitsync on loopback, then inject faults into its engine; both tables go
+# to docs/reliability.md.
 harden: $(STAMP)
 	$(BIN)/python bench/harden.py
+	$(BIN)/python bench/faults.py
 
 clean:
 	rm -rf $(VENV) .demo bench/out

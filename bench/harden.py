@@ -462,8 +462,8 @@ def table(rows: list[Row], machine: dict, opts) -> str:
               "holding the most, so a fresh request always gets in; a connection must send a",
               "complete request within 30 s; a body refused after its head (413) is read and",
               "discarded (up to 64 MiB or 10 s) before the close, so clients that send it all",
-              "before reading see the 413. Engine-side attacks (disk full, SIGKILLs) are not in",
-              "this table yet.", ""]
+              "before reading see the 413. Faults in the engine (SIGKILLs, a full disk) are in",
+              "the next table (bench/faults.py).", ""]
     return "\n".join(lines)
 
 
