@@ -2,7 +2,8 @@
 
 GET /api/v1/status, /healthz, /readyz, / (the page) and POST /api/v1/sync.
 Everything shown comes from `engine.status()`, whose repo URL and errors the
-engine has already cleaned of credentials.
+engine has already cleaned of credentials, and from the receiver's recent answers
+(webhook.deliveries), which hold no secrets.
 """
 
 from __future__ import annotations
