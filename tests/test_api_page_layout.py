@@ -9,18 +9,18 @@ for docs/images/ (PAGE_SHOTS_DIR=docs/images pytest tests/test_api_page_layout.p
 from __future__ import annotations
 
 import os
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 import requests
-
-from gitsync.engine import SyncResult
-from gitsync.git import CommitInfo
 from support.api import FORGE_BY_NAME
 from support.fake_engine import FakeEngine
 from support.waiting import wait_for
 from test_api_page import browser  # noqa: F401  (fixture; the module skips without Chromium)
+
+from gitsync.engine import SyncResult
+from gitsync.git import CommitInfo
 
 GOOD, BAD, TRIED = "b2" * 20, "d4" * 20, "c3" * 20
 FETCH_ERROR = ("fetch: git fetch origin refs/heads/main failed: remote: fatal: "
@@ -30,7 +30,7 @@ WIDTHS = {"desktop": (1280, 900, False), "phone": (390, 844, True)}
 
 def busy_hour() -> FakeEngine:
     """A good deploy, a bug rolled back, a failed fetch of the next push, then recovery."""
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     engine = FakeEngine(commit=None)
     engine.finish("published", commit=GOOD, subject="Add the pricing page", author="Ada Lovelace",
                   trigger="webhook", at=now - timedelta(minutes=50))

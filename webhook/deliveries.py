@@ -40,7 +40,7 @@ class RecentDeliveries:
 
     def record(self, forge: str, result: str, status: int, *, event: str | None = None,
                ref: str | None = None) -> None:
-        answer = DeliveryAnswer(rfc3339(utc_now()), forge, event, result, status,
+        answer = DeliveryAnswer(rfc3339(utc_now()) or "", forge, event, result, status,
                                 ref[:MAX_REF] if ref else None)
         with self._lock:
             self._answers.append(answer)

@@ -102,8 +102,9 @@ def _answer(status: int, forge: str, result: str, body: dict, ref: str | None = 
     """The JSON answer; counted by forge and result, which the access log line also carries,
     and kept among the recent deliveries the status page shows."""
     services().metrics.count_webhook(forge, result)
-    if services().recent is not None:
-        services().recent.record(forge, result, status, event=body.get("event"), ref=ref)
+    recent = services().recent
+    if recent is not None:
+        recent.record(forge, result, status, event=body.get("event"), ref=ref)
     g.log_fields = {**g.get("log_fields", {}), "forge": forge, "result": result}
     response = jsonify(body)
     response.status_code = status
