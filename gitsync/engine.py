@@ -15,7 +15,8 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from datetime import datetime
+from dataclasses import replace
+from datetime import datetime, timedelta
 from typing import Protocol
 
 from . import recover
@@ -69,6 +70,10 @@ class Engine:
         self._last_error: str | None = None
         self._failures = 0
         self._sync_count = 0
+        self._publish_count = 0
+        self._next_poll_at: datetime | None = None
+        # This cycle's target (remote head, then the commit chosen) and its info once fetched.
+        self._attempt: tuple[str | None, CommitInfo | None] = (None, None)
         self._commit: str | None = None
         self._commit_info: CommitInfo | None = None
         self._tracked_ref: str | None = None if config.ref == "HEAD" else _full_ref_guess(config.ref)
@@ -109,7 +114,8 @@ class Engine:
                 last_error=self._last_error, consecutive_failures=self._failures,
                 sync_count=self._sync_count, version=self.config.version,
                 history=self.deploys.annotate(tuple(reversed(self._history))),
-                deploy=self.deploys.snapshot())
+                deploy=self.deploys.snapshot(), publish_count=self._publish_count,
+                next_poll_at=self._next_poll_at)
 
     def is_healthy(self) -> bool:
         """Making progress: an attempt ended lately, and failures are within budget."""
@@ -165,6 +171,8 @@ class Engine:
         """Wait for a trigger or the period's end; while a rollout runs, ask the app meanwhile."""
         period = self.config.period if self._succeeded else self.config.init_period
         due = time.monotonic() + period
+        with self._lock:
+            self._next_poll_at = utc_now() + timedelta(seconds=period)
         while True:
             left = max(0.0, due - time.monotonic())
             reason = self._wait_for_trigger(min(left, ROLLOUT_POLL) if self.deploys.active() else left)
@@ -216,6 +224,7 @@ class Engine:
     def sync_once(self, trigger: str) -> SyncResult:
         started, at = time.monotonic(), utc_now()
         self._set_state("syncing")
+        self._attempt = (None, None)
         try:
             self._use_fresh_credentials()
             published = self._sync(Deadline(self.config.sync_timeout))
@@ -229,7 +238,9 @@ class Engine:
                              duration_ms=int((time.monotonic() - started) * 1000),
                              result=result, commit=self._commit, error=error,
                              tree=str(self.publisher.tree(self._commit)) if self._commit else None,
-                             first=first, auth_calls=self._drain_auth_calls())
+                             first=first, auth_calls=self._drain_auth_calls(),
+                             recovered=result != "error" and self._failures > 0,
+                             **self._attempt_fields())
         outcome = self.deploys.tag(outcome)
         self._record(outcome)
         self._log(outcome)
@@ -243,6 +254,7 @@ class Engine:
     def _sync(self, deadline: Deadline) -> bool:
         """Publish the remote's newest commit of the ref; False when nothing changed."""
         head = self._remote_head(deadline)
+        self._attempt = (head.sha, None)
         current = self.publisher.published_sha()
         self.deploys.ref_at(head.sha, current)
         if head.sha == current and self._current_tree_is_usable():
@@ -254,11 +266,22 @@ class Engine:
             return False
         if sha != fetched:   # held, and the published tree needs mending: a re-cloned .git lacks it
             self._fetch(RemoteHead(sha, None), deadline)
+        info = self._read_commit_info(sha)   # before the publish, so a failed one names its commit
+        self._attempt = (sha, info)
         self.publisher.publish(sha, deadline)
         self._published_tree_damaged = False
         self.deploys.begin(sha, current)
-        self._record_published(sha)
+        self._record_published(sha, info)
         return True
+
+    def _attempt_fields(self) -> dict:
+        """The history row's view of what this cycle tried: no git call, only what it learnt."""
+        sha, info = self._attempt
+        if info is None and sha is not None and sha == self._commit:
+            info = self._commit_info   # unchanged: the published commit's info is at hand
+        if info is None or info.sha != sha:
+            return {"attempted": sha}
+        return {"attempted": sha, "subject": info.subject, "author": info.author}
 
     def _current_tree_is_usable(self) -> bool:
         current = self.publisher.published_sha()
@@ -338,19 +361,25 @@ class Engine:
         if row.published and row.commit:
             self._published_tree_damaged = False
             self._record_published(row.commit)
+            self._attempt = (row.commit, self._commit_info)
+            row = replace(row, **self._attempt_fields())
         with self._lock:
             self._history.append(row)
+            self._publish_count += row.published
         self._notify(row)
 
     # -- bookkeeping ------------------------------------------------------------------
 
-    def _record_published(self, sha: str) -> None:
-        try:
-            info = self.repo.commit_info(sha)
-        except GitError:
-            info = None
+    def _record_published(self, sha: str, info: CommitInfo | None = None) -> None:
+        info = info if info is not None else self._read_commit_info(sha)
         with self._lock:
             self._commit, self._commit_info = sha, info
+
+    def _read_commit_info(self, sha: str) -> CommitInfo | None:
+        try:
+            return self.repo.commit_info(sha)
+        except GitError:
+            return None
 
     def _record(self, outcome: SyncResult) -> None:
         with self._lock:
@@ -366,12 +395,14 @@ class Engine:
                 self._last_error = None
                 self._last_success_at = outcome.at
                 self._state = "idle"
-            if outcome.result != "unchanged":
+            self._publish_count += outcome.published
+            if outcome.result != "unchanged" or outcome.recovered:   # a row ends the error streak
                 self._history.append(outcome)
 
     def _set_state(self, state: str, error: str | None = None) -> None:
         with self._lock:
             self._state = state
+            self._next_poll_at = None   # syncing or stopped: no poll is waiting
             if error:
                 self._last_error = error
 

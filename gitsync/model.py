@@ -51,6 +51,12 @@ class SyncResult:
     first: bool = False
     # Credential fetches this cycle made, e.g. ("askpass", "success"), for the metrics.
     auth_calls: tuple[tuple[str, str], ...] = ()
+    # What the cycle tried to publish, so an error row names it rather than the commit still
+    # served: the remote head once known, with its subject and author once it is fetched.
+    attempted: str | None = None
+    subject: str | None = None
+    author: str | None = None
+    recovered: bool = False   # the first success after failures: it ends an error streak
 
     @property
     def announces(self) -> bool:
@@ -68,6 +74,12 @@ class SyncResult:
             data["error"] = self.error
         if self.rollout:
             data["rollout"] = self.rollout
+        if self.attempted:
+            data["attempted"] = self.attempted
+        if self.subject is not None:
+            data["subject"], data["author"] = self.subject, self.author
+        if self.recovered:
+            data["recovered"] = True
         return data
 
 
@@ -91,6 +103,8 @@ class Status:
     history: tuple[SyncResult, ...]
     version: str
     deploy: dict = field(default_factory=dict)   # live_commit, rollout, bad_commits, paused, held
+    publish_count: int = 0                 # syncs and rollbacks that moved the link
+    next_poll_at: datetime | None = None   # when the loop wakes to poll, unless triggered sooner
 
     def to_dict(self) -> dict:
         return {
@@ -101,7 +115,8 @@ class Status:
             "last_sync_at": rfc3339(self.last_sync_at),
             "last_success_at": rfc3339(self.last_success_at),
             "last_error": self.last_error, "consecutive_failures": self.consecutive_failures,
-            "sync_count": self.sync_count,
+            "sync_count": self.sync_count, "publish_count": self.publish_count,
+            "next_poll_at": rfc3339(self.next_poll_at),
             "history": [entry.to_dict() for entry in self.history], "version": self.version,
             **self.deploy,
         }

@@ -7,6 +7,7 @@ by itself, without a reload, through its script (under its own CSP).
 
 from __future__ import annotations
 
+import base64
 import subprocess
 
 import pytest
@@ -44,6 +45,21 @@ class Browser:
 
     def console(self) -> list[dict]:
         return self._call("POST", "/se/log", {"type": "browser"})
+
+    def cdp(self, command: str, params: dict | None = None):
+        """A Chrome DevTools command, through chromedriver's own endpoint for them."""
+        return self._call("POST", "/goog/cdp/execute", {"cmd": command, "params": params or {}})
+
+    def emulate(self, width: int, height: int, *, mobile: bool) -> None:
+        """A screen of `width` CSS pixels, as a phone has it when `mobile` (the viewport meta
+        tag then counts), not a window that merely looks narrow."""
+        self.cdp("Emulation.setDeviceMetricsOverride", {
+            "width": width, "height": height, "deviceScaleFactor": 2 if mobile else 1, "mobile": mobile})
+
+    def screenshot(self, path) -> None:
+        """The whole page, below the fold too, as a PNG file."""
+        shot = self.cdp("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True})
+        path.write_bytes(base64.b64decode(shot["data"]))
 
 
 @pytest.fixture

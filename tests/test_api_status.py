@@ -319,3 +319,22 @@ def test_every_request_is_logged_once_with_its_fields(fake, caplog):
     line = json.loads(JsonFormatter().format(webhook))
     assert line["logger"] == "webhook.access" and line["status"] == 200
     assert line["forge"] == "gitlab" and line["path"] == "/api/v1/webhook"
+
+
+def test_the_status_lists_the_last_ten_deliveries_newest_first(fake):
+    from support.api import FORGE_BY_NAME
+    github = FORGE_BY_NAME["github"]
+    for n in range(11):
+        fake.post_webhook(*github.delivery("refs/heads/main", f"{n:040x}"))
+    fake.post_webhook(*github.delivery("refs/heads/main", "e5" * 20, secret=b"wrong"))
+
+    deliveries = fake.client.get("/api/v1/status").get_json()["deliveries"]
+
+    assert len(deliveries) == 10
+    assert deliveries[0] == {"at": deliveries[0]["at"], "forge": "unknown", "event": None,
+                             "result": "unauthorized", "status": 401, "ref": None}
+    assert deliveries[1]["forge"] == "github" and deliveries[1]["result"] == "sync"
+    assert deliveries[1]["status"] == 202 and deliveries[1]["ref"] == "refs/heads/main"
+    assert RFC3339_UTC.match(deliveries[0]["at"])
+    page = fake.client.get("/").get_data(as_text=True)
+    assert "rejected: wrong signature or token (401)" in page and "sync started (202)" in page

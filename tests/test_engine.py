@@ -431,3 +431,40 @@ def test_sync_timeout_kills_a_hung_git(remote, tmp_path, isolated_git):
     assert result.error == "fetch: git fetch killed after the sync timeout (1s)"
     assert result.duration_ms < 5000
     assert not pids_mentioning(str(slow))
+
+
+def test_an_error_row_names_the_commit_it_tried_and_the_next_success_ends_the_streak(remote, tmp_path):
+    engine, first = sync(remote.url, tmp_path / "root")
+    assert (first.attempted, first.subject, first.author) == (first.commit, "first", "Test Author")
+    broken = remote.commit_and_push({"x": "2"}, "Break the remote")
+    loose = remote.path / "objects" / broken[:2] / broken[2:]
+    loose.rename(tmp_path / "the-commit-object")   # the ref names a commit the remote cannot send
+
+    failed = engine.sync_once("webhook")
+
+    assert failed.result == "error" and failed.commit == first.commit
+    assert failed.attempted == broken and failed.subject is None   # never fetched: no subject
+    row = engine.status().to_dict()["history"][0]
+    assert row["attempted"] == broken and row["commit"] == first.commit
+    git("update-ref", "refs/heads/main", first.commit, cwd=remote.path)
+
+    engine.sync_once("poll")   # unchanged, yet it ends the error streak: it gets a row
+
+    status = engine.status().to_dict()
+    newest = status["history"][0]
+    assert status["state"] == "idle"
+    assert newest["result"] == "unchanged" and newest["recovered"] is True
+    assert (newest["attempted"], newest["subject"]) == (first.commit, "first")
+    assert (status["publish_count"], status["sync_count"]) == (1, 3)
+    engine.sync_once("poll")
+    assert len(engine.status().history) == 3, "a quiet poll after the recovery adds no row"
+
+
+def test_the_status_says_when_the_next_poll_is(remote, tmp_path, engine_factory):
+    from datetime import timedelta
+    engine = engine_factory("--repo", remote.url, "--root", str(tmp_path / "root"),
+                            "--period", "1h", "--http-bind", "")
+    wait_for(lambda: engine.status().next_poll_at is not None, message="the loop to wait")
+    status = engine.status()
+    assert timedelta(minutes=59) < status.next_poll_at - status.last_sync_at < timedelta(minutes=61)
+    assert status.to_dict()["next_poll_at"].endswith("Z")

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from gitsync.model import Status, SyncResult
     from gitsync.rollout import RolloutResult
 
+    from .deliveries import RecentDeliveries
     from .forges import DeliveryLog
     from .metrics import Metrics
     from .peers import PeerServices
@@ -69,6 +70,7 @@ class Services:
     deliveries: DeliveryLog
     metrics: Metrics
     peers: PeerServices | None = None   # set when --peers is configured
+    recent: RecentDeliveries | None = None   # the last answers of the receiver, for the page
 
 
 def services() -> Services:
@@ -79,6 +81,7 @@ def create_app(engine: SyncController, config: Config,
                test_config: Mapping[str, Any] | None = None, fleet: Fleet | None = None) -> Flask:
     """`fleet`: the replica's peers (with --peers); without one the peer endpoints answer 404."""
     from . import control, metrics, peers, receiver, status
+    from .deliveries import RecentDeliveries
     from .forges import DeliveryLog
 
     app = Flask(__name__)
@@ -101,7 +104,7 @@ def create_app(engine: SyncController, config: Config,
         fleet.add_listener(counters.count_peer_sent)
     app.extensions["gitsync"] = Services(
         engine=engine, deliveries=DeliveryLog(app.config["DELIVERY_MEMORY"]), metrics=counters,
-        peers=peers.peer_services(fleet, engine) if fleet else None)
+        peers=peers.peer_services(fleet, engine) if fleet else None, recent=RecentDeliveries())
 
     app.register_blueprint(peers.bp if fleet else peers.off)
     app.register_blueprint(receiver.bp)

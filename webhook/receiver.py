@@ -54,14 +54,15 @@ def _route_push(delivery: Delivery):
         _pass_on(pushed[-1], delivery)
         return _answer(202, delivery.forge, "sync", {
             "result": "sync started", "forge": delivery.forge, "event": delivery.event,
-            "ref": pushed[-1].ref, "hint": pushed[-1].after})
+            "ref": pushed[-1].ref, "hint": pushed[-1].after}, ref=pushed[-1].ref)
     if tracked:
         return _ignored(delivery, "deleted", f"the tracked ref {tracked[0].ref} was deleted; "
                                              "the published commit stays")
     refs = ", ".join(change.ref for change in delivery.changes) or "no git refs"
     status = engine.status()
     tracked_ref = status.tracked_ref or status.ref
-    return _ignored(delivery, "other_ref", f"push to {refs}, not to the tracked ref {tracked_ref}")
+    return _ignored(delivery, "other_ref", f"push to {refs}, not to the tracked ref {tracked_ref}",
+                    ref=delivery.changes[0].ref if delivery.changes else None)
 
 
 def _pass_on(change, delivery: Delivery) -> None:
@@ -91,14 +92,19 @@ def _read_capped_body(limit: int) -> bytes | None:
     return None if size > limit else b"".join(chunks)
 
 
-def _ignored(delivery: Delivery, result: str, reason: str):
+def _ignored(delivery: Delivery, result: str, reason: str, ref: str | None = None):
     return _answer(200, delivery.forge, result, {
-        "result": "ignored", "reason": reason, "forge": delivery.forge, "event": delivery.event})
+        "result": "ignored", "reason": reason, "forge": delivery.forge, "event": delivery.event},
+        ref=ref)
 
 
-def _answer(status: int, forge: str, result: str, body: dict):
-    """The JSON answer; counted by forge and result, which the access log line also carries."""
+def _answer(status: int, forge: str, result: str, body: dict, ref: str | None = None):
+    """The JSON answer; counted by forge and result, which the access log line also carries,
+    and kept among the recent deliveries the status page shows."""
     services().metrics.count_webhook(forge, result)
+    recent = services().recent
+    if recent is not None:
+        recent.record(forge, result, status, event=body.get("event"), ref=ref)
     g.log_fields = {**g.get("log_fields", {}), "forge": forge, "result": result}
     response = jsonify(body)
     response.status_code = status

@@ -2,14 +2,18 @@
 
 GET /api/v1/status, /healthz, /readyz, / (the page) and POST /api/v1/sync.
 Everything shown comes from `engine.status()`, whose repo URL and errors the
-engine has already cleaned of credentials.
+engine has already cleaned of credentials, and from the receiver's recent answers
+(webhook.deliveries), which hold no secrets.
 """
 
 from __future__ import annotations
 
 import hmac
+from datetime import datetime
 
 from flask import Blueprint, current_app, jsonify, render_template, request, url_for
+
+from gitsync.model import utc_now
 
 from . import services
 
@@ -20,9 +24,16 @@ PAGE_POLICY = ("default-src 'none'; script-src 'self'; style-src 'self'; connect
                "img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 
 
+def status_data() -> dict:
+    """The engine's status, plus what only the API knows: the receiver's recent answers."""
+    recent = services().recent
+    return {**services().engine.status().to_dict(),
+            "deliveries": recent.newest_first() if recent is not None else []}
+
+
 @bp.get("/api/v1/status")
 def status_json():
-    response = jsonify(services().engine.status().to_dict())
+    response = jsonify(status_data())
     response.headers["Cache-Control"] = "no-store"
     return response
 
@@ -88,12 +99,33 @@ def page():
     """The page, with git-sync's status code for `/`: 503 until the first publish, then 200
     (probes written for git-sync point at `/`)."""
     engine = services().engine
-    status = engine.status()
     response = current_app.make_response((render_template(
-        "status.html", status=status.to_dict(),
+        "status.html", status=status_data(), now=utc_now(),
+        receiver_on=bool(current_app.config["RECEIVER_SECRET"]),
         refresh_ms=int(current_app.config["PAGE_REFRESH_SECONDS"] * 1000),
         fleet_url=url_for("peers.fleet_view") if services().peers else None),
         200 if engine.is_ready() else 503))
     response.headers["Cache-Control"] = "no-store"
     response.headers["Content-Security-Policy"] = PAGE_POLICY
     return response
+
+
+# Times on the page: one zone, UTC, said so, and how long ago; status.js words them alike.
+@bp.app_template_filter("utc")
+def utc_text(value: str) -> str:
+    return value[:19].replace("T", " ") + " UTC"
+
+
+@bp.app_template_filter("relative")
+def relative_text(value: str, now: datetime) -> str:
+    seconds = (now - datetime.fromisoformat(value)).total_seconds()
+    span = abs(seconds)
+    if span < 60:
+        amount = f"{int(span)} s"
+    elif span < 3600:
+        amount = f"{int(span // 60)} min"
+    elif span < 48 * 3600:
+        amount = f"{int(span // 3600)} h"
+    else:
+        amount = f"{int(span // 86400)} days"
+    return f"{amount} ago" if seconds >= 0 else f"in {amount}"

@@ -71,6 +71,8 @@ class FakeEngine:
         self.last_error: str | None = None
         self.consecutive_failures = 0
         self.sync_count = 1 if commit else 0
+        self.publish_count = 1 if commit else 0
+        self.next_poll_at: datetime | None = None
         self.history: list[SyncResult] = []   # newest first, as Status has it
         self.healthy = True
         self.ready: bool | None = None        # None: ready once a commit is published
@@ -94,7 +96,8 @@ class FakeEngine:
             last_success_at=self.last_success_at, last_error=self.last_error,
             consecutive_failures=self.consecutive_failures, sync_count=self.sync_count,
             history=tuple(self.history), version=self.version,
-            deploy={**self.deploy, "paused": self.deploys.paused})
+            deploy={**self.deploy, "paused": self.deploys.paused},
+            publish_count=self.publish_count, next_poll_at=self.next_poll_at)
 
     def is_healthy(self) -> bool:
         return self.healthy
@@ -115,21 +118,33 @@ class FakeEngine:
 
     def finish(self, result: str = "published", *, commit: str | None = None,
                subject: str = "a commit", error: str | None = None, trigger: str = "poll",
-               duration_ms: int = 120, at: datetime | None = None) -> SyncResult:
-        """One sync cycle ends, recorded as the engine records it; the listeners hear it."""
+               duration_ms: int = 120, at: datetime | None = None,
+               attempted: str | None = None, author: str = "Test Author") -> SyncResult:
+        """One sync cycle ends, recorded as the engine records it; the listeners hear it.
+        An error's `attempted` commit is the one it tried (its subject given, as if fetched)."""
         at = at or utc()
+        recovered = result != "error" and self.consecutive_failures > 0
         if result == "published":
             self.commit = commit or self.commit
-            self.commit_info = CommitInfo(self.commit, subject, "Test Author", at.isoformat())
+            self.commit_info = CommitInfo(self.commit, subject, author, at.isoformat())
+            self.publish_count += 1
+            attempted = self.commit
+        elif result == "unchanged":
+            attempted = self.commit
         if result == "error":
             self.last_error, self.consecutive_failures = error, self.consecutive_failures + 1
             self.state = "failing"
         else:
             self.last_error, self.consecutive_failures = None, 0
             self.last_success_at, self.state = at, "idle"
-        entry = SyncResult(trigger, at, duration_ms, result, self.commit, error)
+        if result == "unchanged" and self.commit_info is not None:
+            subject, author = self.commit_info.subject, self.commit_info.author
+        if attempted is None:
+            subject = author = None
+        entry = SyncResult(trigger, at, duration_ms, result, self.commit, error, attempted=attempted,
+                           subject=subject, author=author, recovered=recovered)
         self.last_sync_at, self.sync_count = at, self.sync_count + 1
-        if result != "unchanged":   # as the engine: polls that changed nothing are not history
+        if result != "unchanged" or recovered:   # as the engine: polls that changed nothing are not history
             self.history.insert(0, entry)
         for listener in self.listeners:
             listener(entry)

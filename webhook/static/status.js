@@ -7,6 +7,14 @@
   var refreshMs = parseInt(body.dataset.refreshMs, 10) || 2000;
   var statusUrl = body.dataset.statusUrl || "/api/v1/status";
   var fleetUrl = body.dataset.fleetUrl;   // set only when --peers is configured
+  var skewMs = 0;   // the server's clock minus ours, from the Date header: "ago" is the server's
+  var DELIVERY_WORDS = {   // the template's words for the receiver's results
+    sync: "sync started", duplicate: "ignored: seen before", ping: "ping: the webhook works",
+    other_event: "ignored: not a push", deleted: "ignored: the ref was deleted",
+    other_ref: "ignored: another ref", unauthorized: "rejected: wrong signature or token",
+    malformed: "rejected: not a webhook", too_large: "rejected: too large",
+    disabled: "refused: the receiver is off"
+  };
 
   function $(id) { return document.getElementById(id); }
 
@@ -19,12 +27,28 @@
     return node;
   }
 
-  function when(value) {
-    if (!value) { return document.createTextNode("never"); }
-    return el("time", { datetime: value, text: value.replace("T", " ").replace("Z", " UTC") });
+  // One zone on the whole page, UTC and said so, plus how long ago (as webhook/status.py).
+  function utc(value) { return value.slice(0, 19).replace("T", " ") + " UTC"; }
+
+  function relative(value) {
+    var seconds = (Date.now() + skewMs - Date.parse(value)) / 1000, span = Math.abs(seconds), amount;
+    if (span < 60) { amount = Math.floor(span) + " s"; }
+    else if (span < 3600) { amount = Math.floor(span / 60) + " min"; }
+    else if (span < 48 * 3600) { amount = Math.floor(span / 3600) + " h"; }
+    else { amount = Math.floor(span / 86400) + " days"; }
+    return seconds >= 0 ? amount + " ago" : "in " + amount;
   }
 
-  function setWhen(id, value) { $(id).replaceChildren(when(value)); }
+  function when(value, missing) {
+    var frag = document.createDocumentFragment();
+    if (!value) { frag.appendChild(document.createTextNode(missing || "never")); return frag; }
+    frag.appendChild(el("time", { datetime: value, text: utc(value) }));
+    frag.appendChild(document.createTextNode(" "));
+    frag.appendChild(el("span", { "class": "ago", text: relative(value) }));
+    return frag;
+  }
+
+  function setWhen(id, value, missing) { $(id).replaceChildren(when(value, missing)); }
 
   function short(sha) { return sha ? sha.slice(0, 7) : "–"; }
 
@@ -74,20 +98,35 @@
   }
 
   function rolloutCell(rollout) {
-    if (!rollout) { return el("td"); }
-    return el("td", {}, [el("span", { "class": "badge rollout-" + rollout.result, title: rollout.reason || "",
+    if (!rollout) { return el("td", { "data-label": "Rollout" }); }
+    return el("td", { "data-label": "Rollout" }, [el("span", { "class": "badge rollout-" + rollout.result, title: rollout.reason || "",
                                       text: rollout.result.replace("_", " ") })]);
+  }
+
+  // An error row names the commit it tried, never the one still served.
+  function commitCell(entry) {
+    var sha = entry.attempted || (entry.result !== "error" ? entry.commit : null);
+    var cell = el("td", { "data-label": "Commit", "class": "commit" },
+                  [el("code", { "class": "sha", title: sha || "", text: short(sha) })]);
+    if (entry.subject !== undefined && entry.subject !== null) {
+      cell.appendChild(document.createTextNode(" "));
+      cell.appendChild(el("span", { "class": "subject", text: entry.subject }));
+      cell.appendChild(document.createTextNode(" "));
+      cell.appendChild(el("span", { "class": "author muted", text: "by " + entry.author }));
+    }
+    return cell;
   }
 
   function drawHistory(history) {
     var rows = history.map(function (entry) {
-      var row = el("tr", { "class": "result-" + entry.result }, [
-        el("td", {}, [when(entry.at)]),
-        el("td", { text: entry.trigger }),
-        el("td", {}, [el("span", { "class": "badge result-" + entry.result, text: entry.result })]),
-        el("td", {}, [el("code", { "class": "sha", title: entry.commit || "", text: short(entry.commit) })]),
+      var shown = entry.recovered && entry.result === "unchanged" ? "recovered" : entry.result;
+      var row = el("tr", { "class": "result-" + shown }, [
+        el("td", { "data-label": "When" }, [when(entry.at)]),
+        commitCell(entry),
+        el("td", { "data-label": "Result" }, [el("span", { "class": "badge result-" + shown, text: shown })]),
+        el("td", { "data-label": "Trigger", text: entry.trigger }),
         rolloutCell(entry.rollout),
-        el("td", { "class": "num", text: entry.duration_ms + " ms" })
+        el("td", { "data-label": "Duration", "class": "num", text: entry.duration_ms + " ms" })
       ]);
       if (entry.error) { row.title = entry.error; }
       return row;
@@ -96,6 +135,30 @@
       rows = [el("tr", { "class": "empty" }, [el("td", { colspan: "6", "class": "muted", text: "No deploys yet." })])];
     }
     $("history").replaceChildren.apply($("history"), rows);
+  }
+
+  function drawDeliveries(deliveries) {
+    var box = $("deliveries");
+    var rows = deliveries.map(function (d) {
+      var result = el("td", { "data-label": "Result",
+                              text: (DELIVERY_WORDS[d.result] || d.result) + " (" + d.status + ")" });
+      if (d.ref) {
+        result.appendChild(document.createTextNode(" "));
+        result.appendChild(el("code", { text: d.ref }));
+      }
+      return el("tr", { "class": "delivery-" + (d.status < 300 ? "ok" : "bad") }, [
+        el("td", { "data-label": "When" }, [when(d.at)]),
+        el("td", { "data-label": "Forge", text: d.forge }),
+        el("td", { "data-label": "Event", text: d.event || "–" }),
+        result
+      ]);
+    });
+    if (!rows.length) {
+      rows = [el("tr", { "class": "empty" }, [el("td", { colspan: "4", "class": "muted",
+        text: box.dataset.receiverOn === "yes" ? "No webhook deliveries since gitsync started."
+                                               : "The webhook receiver is off (no receiver secret)." })])];
+    }
+    box.replaceChildren.apply(box, rows);
   }
 
   function draw(status) {
@@ -115,22 +178,25 @@
     setWhen("last-sync", status.last_sync_at);
     setWhen("last-success", status.last_success_at);
     $("failures").textContent = String(status.consecutive_failures);
+    $("publish-count").textContent = String(status.publish_count);
     $("sync-count").textContent = String(status.sync_count);
+    setWhen("next-poll", status.next_poll_at, status.state === "syncing" ? "now" : "–");
     setWhen("started", status.started_at);
     $("version").textContent = status.version;
     drawHistory(status.history || []);
+    drawDeliveries(status.deliveries || []);
   }
 
   function drawFleet(fleet) {
     var rows = fleet.replicas.map(function (replica) {
       var rollout = replica.rollout && replica.rollout.state;
       return el("tr", { "class": replica.reachable ? "" : "unreachable" }, [
-        el("td", {}, [el("code", { text: replica.address })]),
-        el("td", {}, [el("code", { "class": "sha", title: replica.commit || "", text: short(replica.commit) })]),
-        el("td", {}, [el("code", { "class": "sha", title: replica.live_commit || "", text: short(replica.live_commit) })]),
-        el("td", { text: rollout || "–" }),
-        el("td", { "class": "fleet-error", text: replica.last_error || "" }),
-        el("td", { text: replica.reachable ? "yes" : "no" })
+        el("td", { "data-label": "Replica" }, [el("code", { text: replica.address })]),
+        el("td", { "data-label": "Commit" }, [el("code", { "class": "sha", title: replica.commit || "", text: short(replica.commit) })]),
+        el("td", { "data-label": "Live commit" }, [el("code", { "class": "sha", title: replica.live_commit || "", text: short(replica.live_commit) })]),
+        el("td", { "data-label": "Rollout", text: rollout || "–" }),
+        el("td", { "data-label": "Last error", "class": "fleet-error", text: replica.last_error || "" }),
+        el("td", { "data-label": "Reachable", text: replica.reachable ? "yes" : "no" })
       ]);
     });
     $("fleet").replaceChildren.apply($("fleet"), rows);
@@ -154,12 +220,15 @@
     fetch(statusUrl, { cache: "no-store", headers: { Accept: "application/json" } })
       .then(function (response) {
         if (!response.ok) { throw new Error("HTTP " + response.status); }
+        var served = Date.parse(response.headers.get("Date") || "");
+        // +500 ms: the header is whole seconds, so the mean error is then nil
+        if (!isNaN(served)) { skewMs = served + 500 - Date.now(); }
         return response.json();
       })
       .then(function (status) {
         draw(status);
         var updated = $("updated");
-        updated.textContent = "updated " + new Date().toLocaleTimeString();
+        updated.textContent = "updated " + utc(new Date(Date.now() + skewMs).toISOString());
         updated.className = "live";
         body.dataset.refreshed = String((parseInt(body.dataset.refreshed, 10) || 0) + 1);
       })
@@ -171,6 +240,10 @@
       .finally(function () { window.setTimeout(refresh, refreshMs); });
   }
 
+  // The server wrote "ago" when it rendered; say it from this moment until the first refresh.
+  Array.prototype.forEach.call(document.querySelectorAll("time[datetime] + .ago"), function (ago) {
+    ago.textContent = relative(ago.previousElementSibling.getAttribute("datetime"));
+  });
   window.setTimeout(refresh, refreshMs);
   if (fleetUrl) { refreshFleet(); }
 }());
