@@ -8,7 +8,7 @@ It reads everything from the published tree it runs in (its working directory): 
 greeting in message.txt (at the top of the tree, or beside this file when the tree is a
 checkout of this project) and the commit's subject, author and time from git. Settings
 come from the environment: GITSYNC_HASH (set by gitsync-reload), HOST (127.0.0.1),
-PORT (8000), and GITSYNC_STATUS_URL (the sidecar's /api/v1/status, optional): with it,
+PORT (8000), and SIDECAR_STATUS_URL (the sidecar's /api/v1/status, optional): with it,
 /version says whether the sidecar counts this commit as live (its `live_commit`).
 
 Under `gitsync-reload --listen HOST:PORT` it serves on the socket handed to it as fd 3
@@ -44,7 +44,7 @@ def settings_from_environment(environ: Mapping[str, str]) -> dict:
         "TREE": os.getcwd(),
         "LISTEN_FD": inherited_fd(environ),
         "NOTIFY_SOCKET": environ.get("NOTIFY_SOCKET") or None,
-        "SIDECAR_STATUS_URL": environ.get("GITSYNC_STATUS_URL") or None,
+        "SIDECAR_STATUS_URL": environ.get("SIDECAR_STATUS_URL") or None,
     }
 
 

@@ -363,7 +363,7 @@ def start_app(demo: Demo) -> subprocess.Popen:
         "--grace", f"{RELOAD_GRACE:g}s", "--listen", f"127.0.0.1:{demo.app_port}",
         "--status-bind", f"127.0.0.1:{demo.reload_port}", "--report-output",
         "--preload", "flask,waitress", *prepare_options(demo), "--", sys.executable, "demo-app/app.py",
-    ], {"PORT": str(demo.app_port), "HOST": "127.0.0.1", "GITSYNC_STATUS_URL": demo.sidecar_status_url})
+    ], {"PORT": str(demo.app_port), "HOST": "127.0.0.1", "SIDECAR_STATUS_URL": demo.sidecar_status_url})
 
 
 def prepare_options(demo: Demo) -> list[str]:
