@@ -30,10 +30,11 @@ WAIT = 60   # generous: a loaded machine only makes these slower
 
 # The app under test: stdlib only. It answers each GET with msg.txt as it is in the tree
 # it runs in (read per request), on fd 3 when handed a socket, else on $PORT, and says
-# READY=1 once serving. SLOW, if present, is how long it takes to start. X-Gitsync-Hash
-# names the commit it runs (its tree is named for it), so a health URL pins the commit.
+# READY=1 once serving; on SIGTERM it finishes the requests in flight. SLOW, if present,
+# is how long it takes to start. X-Gitsync-Hash names the commit it runs (its tree is
+# named for it), so a health URL pins the commit.
 APP = '''\
-import os, socket, sys, time
+import os, signal, socket, sys, threading, time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 if os.path.exists("SLOW"):
@@ -59,10 +60,14 @@ if os.environ.get("LISTEN_PID") == str(os.getpid()):
     server.socket = socket.socket(fileno=3)
 else:
     server = ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), Handler)
+# On SIGTERM: stop accepting, finish the requests in flight (server_close joins them).
+server.daemon_threads = False
+signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
 if os.environ.get("NOTIFY_SOCKET"):
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
         sock.sendto(b"READY=1", os.environ["NOTIFY_SOCKET"])
 server.serve_forever()
+server.server_close()
 '''
 BROKEN = APP.replace("class Handler(BaseHTTPRequestHandler):", "class Handler(BaseHTTPRequestHandler:")
 BIN = Path(sys.executable).parent
