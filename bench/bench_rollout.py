@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import statistics
 import subprocess
 import sys
@@ -46,7 +47,7 @@ def sequence(ctx: Context, opts) -> dict:
     git("remote", "add", "origin", str(remote), cwd=work)
     first = commit(work, {"app.py": source, "msg.txt": "0"})
     git("push", "--quiet", "origin", "HEAD:main", cwd=work)
-    ports = {name: common_free_port() for name in ("api", "app", "reload")}
+    ports = {name: free_port() for name in ("api", "app", "reload")}
     (base / "token").write_text(TOKEN)
     api = f"http://127.0.0.1:{ports['api']}"
     procs = []
@@ -147,8 +148,7 @@ def commit(work: Path, files: dict) -> str:
     return git("rev-parse", "HEAD", cwd=work)
 
 
-def common_free_port() -> int:
-    import socket
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]

@@ -24,10 +24,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-
 from support.processes import signal_group, start_group, stop_group
 from support.repos import git
 from support.waiting import wait_for
+
 from webhook.forges import parse_delivery
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

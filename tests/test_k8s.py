@@ -16,9 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from support.tools import require_tool
-
 from test_dockerfile import (
     DEMO_TARGET,
     SIDECAR_TARGET,
@@ -49,14 +47,7 @@ APP_IDLE_MIB = 19 + 33 + 32
 
 # A copy of the flags in CONTRACT.md ("`gitsync` flags and environment"):
 # each --flag is read from GITSYNC_<FLAG>; three more variables hold secrets.
-CONTRACT_FLAGS = """
-repo ref root link depth period sync-timeout max-failures one-time username
-password-file ssh-key-file ssh-known-hosts ssh-known-hosts-file submodules
-sparse-checkout-file git-config exechook-command exechook-timeout exechook-backoff
-webhook-url webhook-method webhook-success-status webhook-timeout webhook-backoff
-touch-file error-file sync-on-signal stale-worktree-timeout http-bind http-metrics
-receiver-secret-file api-token-file
-""".split()
+CONTRACT_FLAGS = ["repo", "ref", "root", "link", "depth", "period", "sync-timeout", "max-failures", "one-time", "username", "password-file", "ssh-key-file", "ssh-known-hosts", "ssh-known-hosts-file", "submodules", "sparse-checkout-file", "git-config", "exechook-command", "exechook-timeout", "exechook-backoff", "webhook-url", "webhook-method", "webhook-success-status", "webhook-timeout", "webhook-backoff", "touch-file", "error-file", "sync-on-signal", "stale-worktree-timeout", "http-bind", "http-metrics", "receiver-secret-file", "api-token-file"]
 CONTRACT_SECRET_VARS = {"GITSYNC_PASSWORD", "GITSYNC_RECEIVER_SECRET", "GITSYNC_API_TOKEN"}
 RELOAD_OPTIONS = ["link", "signal", "grace", "debounce"]
 
@@ -360,7 +351,8 @@ def test_rollouts_follow_gitsync_reloads_status_on_loopback_only(variant):
     if not runs_reload:
         assert probe is None
         return
-    assert probe == {"name": "GITSYNC_APP_STATUS_URL", "value": "http://127.0.0.1:9101/api/v1/status"}
+    assert probe == {"name": "GITSYNC_APP_STATUS_URL",
+                     "value": "http://127.0.0.1:9101/api/v1/status"}
     bind = env(app(variant)).get("GITSYNC_RELOAD_STATUS_BIND", {}).get("value", "127.0.0.1:9101")
     assert bind == "127.0.0.1:9101"
     ports = [p["containerPort"] for c in pod_spec(variant)["containers"] for p in c.get("ports", [])]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import sys
 import threading
 import urllib.error
@@ -18,7 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-
 from support.ports import free_port
 from support.processes import start_group, stop_group
 from support.repos import Remote
@@ -126,7 +126,7 @@ class Stack:
             [str(BIN / "gitsync"), "--repo", self.remote.url, "--root", str(self.root),
              "--link", "app", "--period", "1s", "--http-bind", f"127.0.0.1:{self.api_port}",
              "--api-token-file", str(token), "--rollout-timeout", ROLLOUT_TIMEOUT, *probe],
-            stdout=self.log("gitsync"), stderr=subprocess_stdout())
+            stdout=self.log("gitsync"), stderr=subprocess.STDOUT)
 
     def start_app(self) -> None:
         if self.reload:
@@ -134,7 +134,7 @@ class Stack:
                     "--listen", f"127.0.0.1:{self.app_port}",
                     "--status-bind", f"127.0.0.1:{self.reload_port}", "--report-output",
                     "--grace", "5s", "--", sys.executable, "app.py"]
-            self.procs["app"] = start_group(argv, stdout=self.log("app"), stderr=subprocess_stdout())
+            self.procs["app"] = start_group(argv, stdout=self.log("app"), stderr=subprocess.STDOUT)
         else:
             self.restart_plain_app()
 
@@ -145,7 +145,7 @@ class Stack:
         tree = os.path.realpath(self.root / "app")
         self.procs["app"] = start_group([sys.executable, "app.py"], cwd=tree,
                                         env={**os.environ, "PORT": str(self.app_port)},
-                                        stdout=self.log("app"), stderr=subprocess_stdout())
+                                        stdout=self.log("app"), stderr=subprocess.STDOUT)
 
     def log(self, name: str):
         return open(self.tmp / f"{name}.log", "ab")
@@ -167,7 +167,8 @@ class Stack:
 
     def wait_live(self, commit: str, body: bytes | None = None) -> dict:
         now = wait_for(lambda: (s := self.status()).get("live_commit") == commit and s,
-                       WAIT, f"{commit[:7]} live", interval=0.2, detail=lambda: f"{self.status()}\n{self.logs()}")
+                       WAIT, f"{commit[:7]} live", interval=0.2,
+                       detail=lambda: f"{self.status()}\n{self.logs()}")
         if body is not None:
             wait_for(lambda: json_or_none_body(self.app) == body, WAIT, f"the app to serve {body!r}")
         return now
@@ -176,11 +177,6 @@ class Stack:
         for name in ("app", "gitsync"):
             if name in self.procs:
                 stop_group(self.procs.pop(name))
-
-
-def subprocess_stdout():
-    import subprocess
-    return subprocess.STDOUT
 
 
 def json_or_none_body(url: str) -> bytes | None:
@@ -273,10 +269,10 @@ def test_a_push_during_a_rollout_supersedes_it(stack_for):
     stack.wait_rollout(slow, "pending")
     newer = stack.remote.commit_and_push({"SLOW": None, "msg.txt": "newer"}, "newer")
     shown = stack.wait_live(newer, b"newer")
-    results = {row["commit"]: (row.get("rollout") or {}).get("result") for row in shown["history"]}
+    assert shown["rollout"]["state"] == "live"
     wait_for(lambda: {r["commit"]: (r.get("rollout") or {}).get("result")
                       for r in stack.status()["history"]}.get(slow) == "superseded",
-             WAIT, "the slow one superseded", detail=lambda: str(results))
+             WAIT, "the slow one superseded", detail=lambda: str(stack.status()["history"]))
     assert slow not in [row["commit"] for row in stack.status()["bad_commits"]]
 
 
