@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import statistics
 import subprocess
@@ -74,8 +75,8 @@ def sequence(ctx: Context, opts) -> dict:
         load.stop()
         shown = status(api)
     finally:
-        for proc in reversed(procs):
-            proc.kill()
+        for proc in reversed(procs):   # each leads its own group: stop it all
+            os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
     return {"rate_per_s": RATE, "requests": load.ok + len(load.failed), "failed_requests": len(load.failed),
             "failures": load.failed[:5], "push_to_live_p50_ms": round(statistics.median(good) * 1000),
