@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/run.py                 # everything (make bench), < ~10 minutes
     .venv/bin/python bench/run.py --quick         # smaller counts and repos: a smoke run
-    .venv/bin/python bench/run.py --only sync     # one part: sync, webhook, live, fleet, prepare (comma list)
+    .venv/bin/python bench/run.py --only sync     # one part: sync, webhook, live, fleet, prepare, rollout (comma list)
 
 Prints tables and writes <out>/results.json (default bench/out, git-ignored).
 See bench/README.md for what each number means.
@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
 
-PARTS = ("sync", "webhook", "live", "fleet", "prepare")
+PARTS = ("sync", "webhook", "live", "fleet", "prepare", "rollout")
 
 
 def parse_args(argv):

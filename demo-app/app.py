@@ -8,7 +8,8 @@ It reads everything from the published tree it runs in (its working directory): 
 greeting in message.txt (at the top of the tree, or beside this file when the tree is a
 checkout of this project) and the commit's subject, author and time from git. Settings
 come from the environment: GITSYNC_HASH (set by gitsync-reload), HOST (127.0.0.1),
-PORT (8000).
+PORT (8000), and SIDECAR_STATUS_URL (the sidecar's /api/v1/status, optional): with it,
+/version says whether the sidecar counts this commit as live (its `live_commit`).
 
 Under `gitsync-reload --listen HOST:PORT` it serves on the socket handed to it as fd 3
 (systemd's socket activation: LISTEN_FDS, LISTEN_PID) instead of binding HOST:PORT, and
@@ -18,11 +19,13 @@ once this one is taking requests.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Mapping
 
 from flask import Flask, jsonify, render_template
@@ -41,7 +44,23 @@ def settings_from_environment(environ: Mapping[str, str]) -> dict:
         "TREE": os.getcwd(),
         "LISTEN_FD": inherited_fd(environ),
         "NOTIFY_SOCKET": environ.get("NOTIFY_SOCKET") or None,
+        "SIDECAR_STATUS_URL": environ.get("SIDECAR_STATUS_URL") or None,
     }
+
+
+def sidecar_view(url: str | None, commit: str | None) -> dict:
+    """What the sidecar says of this commit: `live` is True only when its live_commit is
+    ours (None when there is no sidecar to ask), and its last rollout, for the page."""
+    if not url:
+        return {"live": None, "rollout": None}
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))   # local: no proxy
+    try:
+        with opener.open(url, timeout=1) as response:
+            status = json.load(response)
+    except (OSError, ValueError):
+        return {"live": None, "rollout": None}
+    rollout = status.get("rollout") or None
+    return {"live": bool(commit) and status.get("live_commit") == commit, "rollout": rollout}
 
 
 def inherited_fd(environ: Mapping[str, str]) -> int | None:
@@ -121,7 +140,8 @@ def create_app(settings: Mapping | None = None) -> Flask:
 
     @app.get("/version")
     def version():
-        return jsonify(commit=running["commit"], message=running["message"])
+        return jsonify(commit=running["commit"], message=running["message"],
+                       **sidecar_view(app.config["SIDECAR_STATUS_URL"], running["commit"]))
 
     return app
 

@@ -61,6 +61,7 @@ RUN_MARKER = "GITSYNC_DEMO_RUN"
 STARTUP_TIMEOUT = 60.0
 RELOAD_GRACE = 3.0   # the app's time to drain after SIGINT, before gitsync-reload kills it
 STOP_TIMEOUT = RELOAD_GRACE + 2.0   # each of ours, before its process group is killed
+ROLLOUT_TIMEOUT = "20s"   # a new commit not running by then is rolled back
 HOOK_TIMEOUT = 5     # the hook's POST; a push never waits longer than this for gitsync
 HOOK_CONFIG = "gitsync-demo.json"
 PR_SET_PDEATHSIG = 1   # prctl(2)
@@ -154,6 +155,7 @@ class Demo:
     app_port: int
     api_port: int
     run_id: str
+    reload_port: int = 0   # gitsync-reload's own status API (--status-bind), on loopback
 
     @property
     def remote(self) -> Path:
@@ -184,6 +186,14 @@ class Demo:
         return f"http://127.0.0.1:{self.api_port}/"
 
     @property
+    def reload_status_url(self) -> str:
+        return f"http://127.0.0.1:{self.reload_port}/api/v1/status"
+
+    @property
+    def sidecar_status_url(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}/api/v1/status"
+
+    @property
     def webhook_url(self) -> str:
         return f"http://127.0.0.1:{self.api_port}/api/v1/webhook"
 
@@ -199,7 +209,9 @@ def load_demo(environ: Mapping[str, str]) -> Demo:
     app_port, api_port = free_ports(app_port, api_port)
     if app_port == api_port:
         raise DemoError(f"APP_PORT and API_PORT are both {app_port}; they must differ")
-    return Demo(directory, app_port, api_port, secrets.token_hex(8))
+    reload_port = next(port for port in iter(lambda: free_ports(0)[0], None)
+                       if port not in (app_port, api_port))
+    return Demo(directory, app_port, api_port, secrets.token_hex(8), reload_port)
 
 
 def port_setting(environ: Mapping[str, str], name: str) -> int:
@@ -334,6 +346,10 @@ def start_gitsync(demo: Demo) -> subprocess.Popen:
         "--http-bind", f"127.0.0.1:{demo.api_port}",
         "--receiver-secret-file", str(demo.receiver_secret),
         "--api-token-file", str(demo.api_token),
+        # Follow each publish until gitsync-reload runs it; a commit that fails to start
+        # is rolled back to the last live one and marked bad.
+        "--app-status-url", demo.reload_status_url,
+        "--rollout-timeout", ROLLOUT_TIMEOUT,
     ], {})
 
 
@@ -345,8 +361,9 @@ def start_app(demo: Demo) -> subprocess.Popen:
     return start(demo, "app", [
         str(BIN / "gitsync-reload"), "--link", str(demo.link), "--signal", "INT",
         "--grace", f"{RELOAD_GRACE:g}s", "--listen", f"127.0.0.1:{demo.app_port}",
+        "--status-bind", f"127.0.0.1:{demo.reload_port}", "--report-output",
         "--preload", "flask,waitress", *prepare_options(demo), "--", sys.executable, "demo-app/app.py",
-    ], {"PORT": str(demo.app_port), "HOST": "127.0.0.1"})
+    ], {"PORT": str(demo.app_port), "HOST": "127.0.0.1", "SIDECAR_STATUS_URL": demo.sidecar_status_url})
 
 
 def prepare_options(demo: Demo) -> list[str]:
@@ -454,7 +471,22 @@ To change it, edit message.txt in a clone, commit and push:
 The push prints "remote: gitsync: 202 sync started": the remote's post-receive hook
 sent gitsync a signed push event, as GitHub would. gitsync publishes the commit,
 gitsync-reload restarts the app in the new tree, and the app page changes (gitsync
-also polls every 10s). Logs: {demo.dir / 'gitsync.log'}, {demo.dir / 'app.log'}.
+also polls every 10s). The page says "live" once gitsync's status counts its commit live.
+
+To push a bug (the demo is made to take one), break app.py and push:
+
+  echo 'def broken(:' >> demo-app/app.py && git commit -qam 'A bug' && git push
+
+What you will see: the old commit keeps serving (gitsync-reload starts the new app
+beside it, and it dies with a SyntaxError, in {demo.dir / 'app.log'}); the status page
+shows a red banner "... failed to start: exited 1; rolled back, serving ...", usually within a
+few seconds (at most {ROLLOUT_TIMEOUT}); the commit is marked bad and not published again.
+Push a fix (git revert --no-edit HEAD && git push), or, after fixing what the app
+needed outside git, publish the same commit again:
+
+  curl -X POST -H "Authorization: Bearer $(cat {demo.api_token})" {demo.status_url}api/v1/retry
+
+Logs: {demo.dir / 'gitsync.log'}, {demo.dir / 'app.log'}.
 Ctrl-C stops everything.
 """, flush=True)
 

@@ -24,10 +24,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-
 from support.processes import signal_group, start_group, stop_group
 from support.repos import git
 from support.waiting import wait_for
+
 from webhook.forges import parse_delivery
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -201,7 +201,9 @@ def test_a_push_to_the_demo_remote_is_served_by_the_demo_app(demo, tmp_path):
     served = wait_for(lambda: (get_json(f"{ready['app']}version") or {}).get("commit") == new,
                       timeout=60, interval=0.1, message="the app to serve the pushed commit")
     assert served
-    assert get_json(f"{ready['app']}version") == {"commit": new, "message": "Pushed by the demo test"}
+    version = wait_for(lambda: (v := get_json(f"{ready['app']}version") or {}).get("live") and v,
+                       timeout=60, interval=0.1, message="the demo page to say live")
+    assert (version["commit"], version["message"]) == (new, "Pushed by the demo test")
     # --preload: the new commit ran in the interpreter that had imported Flask beforehand.
     app_log = (demo.demo_dir / "app.log").read_text()
     assert f"(GITSYNC_HASH={new}, warm)" in app_log, demo.output()
@@ -212,10 +214,34 @@ def test_a_push_to_the_demo_remote_is_served_by_the_demo_app(demo, tmp_path):
     assert "gitsync --repo" in running and "gitsync-reload" in running, running
     assert re.search(r"demo-app/app\.py \(cwd .*/sync/\.worktrees/" + new, running), running
 
+    push_a_bug_and_see_it_rolled_back(demo, ready, clone, new)
+
     assert demo.interrupt() == 0, demo.output()
     leftovers = wait_for(lambda: not processes_under(demo.demo_dir), timeout=30, interval=0.1,
                          message="every process of the demo to end")
     assert leftovers, processes_under(demo.demo_dir)
+
+
+def push_a_bug_and_see_it_rolled_back(demo: DemoRun, ready: dict, clone: Path, good: str) -> None:
+    """As the printed instructions say: break app.py, push; the old commit keeps serving."""
+    demo.output()   # reads what it printed so far into demo.seen
+    assert any("To push a bug" in line for line in demo.seen), demo.output()
+    with open(clone / "demo-app" / "app.py", "a") as handle:
+        handle.write("def broken(:\n")
+    git("commit", "--quiet", "-am", "A bug", cwd=clone)
+    git("push", "--quiet", "origin", "HEAD:main", cwd=clone)
+    bad = git("rev-parse", "HEAD", cwd=clone)
+    sidecar = f"{ready['status']}api/v1/status"
+    shown = wait_for(lambda: (s := get_json(sidecar) or {}).get("rollout", {}).get("commit") == bad
+                     and s["rollout"]["state"] == "rolled_back" and s, timeout=60, interval=0.2,
+                     message="the broken push to be rolled back", detail=demo.output)
+    # The reason is gitsync-reload's one line ("exited 1"; with --preload its output is
+    # not captured, so no SyntaxError line: see the report).
+    assert shown["live_commit"] == good and shown["rollout"]["reason"].startswith("exited 1")
+    assert [row["commit"] for row in shown["bad_commits"]] == [bad]
+    assert get_json(f"{ready['app']}version")["commit"] == good
+    status, page = get(ready["status"])
+    assert status == 200 and bad[:7] in page and "rolled back" in page
 
 
 # -- the remote and its hook, without the processes -------------------------------------------

@@ -16,9 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from support.tools import require_tool
-
 from test_dockerfile import (
     DEMO_TARGET,
     SIDECAR_TARGET,
@@ -49,14 +47,7 @@ APP_IDLE_MIB = 19 + 33 + 32
 
 # A copy of the flags in CONTRACT.md ("`gitsync` flags and environment"):
 # each --flag is read from GITSYNC_<FLAG>; three more variables hold secrets.
-CONTRACT_FLAGS = """
-repo ref root link depth period sync-timeout max-failures one-time username
-password-file ssh-key-file ssh-known-hosts ssh-known-hosts-file submodules
-sparse-checkout-file git-config exechook-command exechook-timeout exechook-backoff
-webhook-url webhook-method webhook-success-status webhook-timeout webhook-backoff
-touch-file error-file sync-on-signal stale-worktree-timeout http-bind http-metrics
-receiver-secret-file api-token-file
-""".split()
+CONTRACT_FLAGS = ["repo", "ref", "root", "link", "depth", "period", "sync-timeout", "max-failures", "one-time", "username", "password-file", "ssh-key-file", "ssh-known-hosts", "ssh-known-hosts-file", "submodules", "sparse-checkout-file", "git-config", "exechook-command", "exechook-timeout", "exechook-backoff", "webhook-url", "webhook-method", "webhook-success-status", "webhook-timeout", "webhook-backoff", "touch-file", "error-file", "sync-on-signal", "stale-worktree-timeout", "http-bind", "http-metrics", "receiver-secret-file", "api-token-file"]
 CONTRACT_SECRET_VARS = {"GITSYNC_PASSWORD", "GITSYNC_RECEIVER_SECRET", "GITSYNC_API_TOKEN"}
 RELOAD_OPTIONS = ["link", "signal", "grace", "debounce"]
 
@@ -68,8 +59,12 @@ def env_name(flag: str, prefix: str = "GITSYNC_") -> str:
 # The contract's "Fleet" section (test_k8s_fleet.py checks the wiring).
 FLEET_FLAGS = ["peers", "peer-secret-file"]
 FLEET_SECRET_VARS = {"GITSYNC_PEER_SECRET"}
-SIDECAR_ENV = {env_name(f) for f in CONTRACT_FLAGS + FLEET_FLAGS} | CONTRACT_SECRET_VARS | FLEET_SECRET_VARS
-RELOAD_ENV = {env_name(o, "GITSYNC_RELOAD_") for o in RELOAD_OPTIONS}
+# The contract's "Rollouts" section: the sidecar's probe flags and gitsync-reload's status API.
+ROLLOUT_FLAGS = ["app-status-url", "app-health-url", "rollout-timeout", "rollback"]
+ROLLOUT_RELOAD_OPTIONS = ["status-bind", "ready-url", "ready-after", "report-output"]
+SIDECAR_ENV = ({env_name(f) for f in CONTRACT_FLAGS + FLEET_FLAGS + ROLLOUT_FLAGS}
+               | CONTRACT_SECRET_VARS | FLEET_SECRET_VARS)
+RELOAD_ENV = {env_name(o, "GITSYNC_RELOAD_") for o in RELOAD_OPTIONS + ROLLOUT_RELOAD_OPTIONS}
 
 
 # --- rendering and validation -----------------------------------------------
@@ -345,6 +340,23 @@ def test_secrets_come_from_mounted_files(variant):
         ref = entry.get("valueFrom", {}).get("secretKeyRef")
         if ref:
             assert ref["key"] in examples[ref["name"]]["stringData"], ref
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_rollouts_follow_gitsync_reloads_status_on_loopback_only(variant):
+    """The sidecar follows each publish through gitsync-reload's status API, which no
+    port or Service exposes; an app without gitsync-reload has no such URL to follow."""
+    probe = env(sidecar(variant)).get("GITSYNC_APP_STATUS_URL")
+    runs_reload = "--link" in (app(variant).get("args") or [])
+    if not runs_reload:
+        assert probe is None
+        return
+    assert probe == {"name": "GITSYNC_APP_STATUS_URL",
+                     "value": "http://127.0.0.1:9101/api/v1/status"}
+    bind = env(app(variant)).get("GITSYNC_RELOAD_STATUS_BIND", {}).get("value", "127.0.0.1:9101")
+    assert bind == "127.0.0.1:9101"
+    ports = [p["containerPort"] for c in pod_spec(variant)["containers"] for p in c.get("ports", [])]
+    assert 9101 not in ports
 
 
 def test_contract_copy_is_current():
