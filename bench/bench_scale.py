@@ -4,6 +4,7 @@ sync of each repo (time, peak memory) against `git clone --depth 1`."""
 
 from __future__ import annotations
 
+import http.client
 import os
 import shutil
 import time
@@ -28,11 +29,18 @@ def run(ctx: Context, opts) -> tuple[dict, list[str]]:
 
 
 def measure_gitsync(ctx: Context, remote: Remote, opts) -> dict:
-    """First publish (time, memory), then one-file pushes timed push returned -> link flip."""
+    """First publish (time, memory), then one-file pushes, each announced by a signed webhook,
+    timed from `git push` returning to the link flip."""
     root = ctx.tempdir("scale-gitsync")
+    secret = b"bench-receiver-secret"
+    secret_file = root.parent / f"{root.name}.secret"
+    secret_file.write_bytes(secret + b"\n")
     os.sync()
     started = time.monotonic()
-    sync = Gitsync(ctx, remote.url, root / "sync", period="100ms", api=False)
+    # The webhook is the only trigger (no 0-100 ms wait for the next poll in the figures).
+    sync = Gitsync(ctx, remote.url, root / "sync", period="60s", api=True, secret_file=secret_file)
+    host, port = sync.api.split("//")[1].split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
     try:
         with MemorySampler(sync.proc.pid) as sampler:
             if sync.wait_published(FIRST_PUBLISH_TIMEOUT) is None:
@@ -45,11 +53,15 @@ def measure_gitsync(ctx: Context, remote: Remote, opts) -> dict:
             sha = remote.commit("scale")
             remote.push()
             pushed = time.monotonic()
+            status, _ = common.post_github(conn, secret, common.github_push(f"refs/heads/{common.BRANCH}", sha))
+            if status != 202:
+                raise RuntimeError(f"webhook answered {status} to a push to the tracked branch")
             flipped = common.wait_for_link(sync.link, sha, FLIP_TIMEOUT)
             if flipped is None:
                 raise RuntimeError(f"the link did not reach {sha[:12]} within {FLIP_TIMEOUT} s")
             flips.append(flipped - pushed)
     finally:
+        conn.close()
         sync.stop()
         shutil.rmtree(root, ignore_errors=True)
     return {"first_sync_ms": round(first * 1000, 1), "first_sync_peak_total_kib": sampler.peak_total_kib,
@@ -102,8 +114,7 @@ def report(results: dict) -> list[str]:
                      common.fmt(sync["first_sync_ms"], " ms"), common.fmt(plain["clone_ms"], " ms"),
                      f"{_mib(sync['first_sync_peak_total_kib'])} / {_mib(plain['clone_peak_rss_kib'])}"])
     return [common.table(
-        f"one-file publish (p50 of {results['pushes']}; gitsync: push -> link flip at --period 100ms, "
-        "so it includes 0-100 ms of poll wait; plain git: fetch --depth 1 + checkout in a clone)",
+        f"one-file publish (p50 of {results['pushes']}; gitsync: push -> signed webhook -> link flip; plain git: fetch --depth 1 + checkout in a clone)",
         ["files", "gitsync", "ratio", "plain git", "ratio", "first sync", "git clone --depth 1",
          "first sync peak / clone peak (MiB)"], rows)]
 
