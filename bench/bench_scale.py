@@ -53,7 +53,8 @@ def measure_gitsync(ctx: Context, remote: Remote, opts) -> dict:
             sha = remote.commit("scale")
             remote.push()
             pushed = time.monotonic()
-            status, _ = common.post_github(conn, secret, common.github_push(f"refs/heads/{common.BRANCH}", sha))
+            event = common.github_push(f"refs/heads/{common.BRANCH}", sha)
+            status, _ = common.post_github(conn, secret, event)
             if status != 202:
                 raise RuntimeError(f"webhook answered {status} to a push to the tracked branch")
             flipped = common.wait_for_link(sync.link, sha, FLIP_TIMEOUT)
@@ -102,7 +103,8 @@ def report(results: dict) -> list[str]:
     for entry in sizes.values():
         sync, plain = entry["gitsync"], entry["plain_git"]
         if "error" in sync or "error" in plain:
-            rows.append([f"{entry['files']:,}", "FAILED", sync.get("error") or plain.get("error"), "", "", "", "", ""])
+            why = sync.get("error") or plain.get("error")
+            rows.append([f"{entry['files']:,}", "FAILED", why, "", "", "", "", ""])
             continue
         rows.append([f"{entry['files']:,}",
                      common.fmt(p50(entry, "gitsync", "push_to_flip"), " ms"),
@@ -114,7 +116,8 @@ def report(results: dict) -> list[str]:
                      common.fmt(sync["first_sync_ms"], " ms"), common.fmt(plain["clone_ms"], " ms"),
                      f"{_mib(sync['first_sync_peak_total_kib'])} / {_mib(plain['clone_peak_rss_kib'])}"])
     return [common.table(
-        f"one-file publish (p50 of {results['pushes']}; gitsync: push -> signed webhook -> link flip; plain git: fetch --depth 1 + checkout in a clone)",
+        f"one-file publish (p50 of {results['pushes']}; gitsync: push -> signed webhook -> link flip; "
+        "plain git: fetch --depth 1 + checkout in a clone)",
         ["files", "gitsync", "ratio", "plain git", "ratio", "first sync", "git clone --depth 1",
          "first sync peak / clone peak (MiB)"], rows)]
 

@@ -43,7 +43,8 @@ def parse_args(argv):
     parser.add_argument("--requests", type=int, help="webhook requests per run (2000; quick 200)")
     parser.add_argument("--rate", type=float, default=200.0, help="webhook requests per second (200)")
     parser.add_argument("--live-pushes", type=int, help="pushes per push->live mode and fleet size (20; quick 3)")
-    parser.add_argument("--scale-files", help="repo sizes for the scale part (50,20000,100000; quick 50,2000)")
+    parser.add_argument("--scale-files",
+                        help="repo sizes for the scale part (50,20000,100000; quick 50,2000)")
     opts = parser.parse_args(argv)
     if opts.scale_files is None:
         opts.scale_files = "50,2000" if opts.quick else "50,20000,100000"
