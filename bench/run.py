@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/run.py                 # everything (make bench), < ~10 minutes
     .venv/bin/python bench/run.py --quick         # smaller counts and repos: a smoke run
-    .venv/bin/python bench/run.py --only sync     # one part: sync, webhook, live, fleet, prepare, rollout (comma list)
+    .venv/bin/python bench/run.py --only sync     # one part: sync, webhook, live, fleet, prepare, rollout, scale
 
 Prints tables and writes <out>/results.json (default bench/out, git-ignored).
 See bench/README.md for what each number means.
@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
 
-PARTS = ("sync", "webhook", "live", "fleet", "prepare", "rollout")
+PARTS = ("sync", "webhook", "live", "fleet", "prepare", "rollout", "scale")
 
 
 def parse_args(argv):
@@ -45,7 +45,12 @@ def parse_args(argv):
     parser.add_argument("--live-pushes", type=int, help="pushes per push->live mode and fleet size (20; quick 3)")
     parser.add_argument("--prepare-pushes", type=int,
                         help="pushes of each kind (same key, new key) for --prepare (10; quick 3)")
+    parser.add_argument("--scale-files",
+                        help="repo sizes for the scale part (50,20000,100000; quick 50,2000)")
     opts = parser.parse_args(argv)
+    if opts.scale_files is None:
+        opts.scale_files = "50,2000" if opts.quick else "50,20000,100000"
+    opts.scale_files = [int(n) for n in str(opts.scale_files).split(",") if n.strip()]
     defaults = {"small_files": (50, 50), "large_files": (20000, 2000), "iterations": (10, 3),
                 "clone_repeats": (3, 2), "requests": (2000, 200), "live_pushes": (20, 3),
                 "prepare_pushes": (10, 3)}

@@ -242,9 +242,15 @@ class Publisher:
     def _build_from_spare(self, sha: str, deadline: Deadline) -> None:
         """Let git rewrite only what changed in a hard-linked copy of the published tree."""
         spare = self.layout.worktrees / SPARE
-        self._spare_of = None
-        self.repo.checkout(spare, sha, deadline)
-        self.repo.verify_checkout(spare, deadline)
+        base, self._spare_of = self._spare_of, None
+        if self.sparse_patterns is None:
+            # Touch and check only what changed: cost grows with the change, not the tree.
+            written = self.repo.switch(spare, base, sha, deadline)
+            self.repo.verify_checkout(spare, deadline, paths=written)
+        else:
+            # Paths outside the sparse set are rightly absent; ls-files knows which.
+            self.repo.checkout(spare, sha, deadline)
+            self.repo.verify_checkout(spare, deadline)
         self._update_submodules(spare, deadline)
         self.repo.move_worktree(spare, self.layout.tree(sha), deadline)
 

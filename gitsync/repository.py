@@ -9,6 +9,7 @@ reads or writes a path under .git; the publisher speaks of trees only.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import shutil
 import subprocess
@@ -306,6 +307,19 @@ class Repository:
         self.in_worktree("checkout", tree, "checkout", "--quiet", "--detach", sha, "--",
                          deadline=deadline)
 
+    def switch(self, tree: Path, old: str, new: str, deadline: Deadline | None = None) -> list[str]:
+        """Move a clean tree checked out at `old` to `new`, rewriting only the files that
+        differ; return the paths `new` has that `old` lacks or has otherwise.
+
+        `git checkout` first lstat()s every file of the tree (its index refresh: ~21 ms of
+        its ~35 at 20,000 files); `reset --keep` checks only the entries it changes, which
+        the fresh index prepare_spare leaves lets it trust (~23 ms). It refuses, never
+        overwrites, when a file it would change was modified ("not uptodate")."""
+        changed = self.in_worktree("checkout", tree, "diff-tree", "-r", "-z", "--no-renames",
+                                   "--name-only", "--diff-filter=d", old, new, deadline=deadline)
+        self.in_worktree("checkout", tree, "reset", "--quiet", "--keep", new, deadline=deadline)
+        return [name for name in changed.split("\0") if name]
+
     def reset_hard(self, tree: Path, deadline: Deadline | None = None) -> None:
         """Write every file of a tree added with checkout=False (after its sparse patterns)."""
         self.in_worktree("checkout", tree, "reset", "--hard", "--quiet", "HEAD", deadline=deadline)
@@ -320,15 +334,21 @@ class Repository:
         except GitError:
             return None
 
-    def verify_checkout(self, path: Path, deadline: Deadline | None = None) -> None:
+    def verify_checkout(self, path: Path, deadline: Deadline | None = None,
+                        paths: Sequence[str] | None = None) -> None:
         """Raise SyncError('checkout') naming a file git recorded but did not write.
 
         git 2.39 can exit 0 from a checkout that could not create a file (a name longer
         than the filesystem allows, inside a new directory): the index has the entry, the
-        tree has no file. ls-files --deleted finds exactly those (it skips sparse entries).
+        tree has no file. ls-files --deleted finds exactly those (it skips sparse entries)
+        but lstat()s every entry (~25 ms at 20,000 files); given `paths`, the only ones
+        the checkout wrote (no sparse patterns), just those are looked at.
         """
-        out = self.in_worktree("checkout", path, "ls-files", "-z", "--deleted", deadline=deadline)
-        missing = [name for name in out.split("\0") if name]
+        if paths is not None:
+            missing = [name for name in paths if not os.path.lexists(path / name)]
+        else:
+            out = self.in_worktree("checkout", path, "ls-files", "-z", "--deleted", deadline=deadline)
+            missing = [name for name in out.split("\0") if name]
         if missing:
             more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
             raise SyncError("checkout", f"git did not write {missing[0]!r}{more} (a name too long for "

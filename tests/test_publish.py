@@ -85,6 +85,23 @@ def test_build_from_the_spare_writes_only_changed_files(volume, remote):
     assert not (old.parent / ".spare").exists()
 
 
+def test_the_spare_build_adds_removes_and_refuses_a_file_changed_behind_its_back(volume, remote):
+    first = volume.push_and_publish({"changed.txt": "old\n", "gone.txt": "bye\n"})
+    volume.publisher.prepare_spare()
+    spare = volume.tree(first).parent / ".spare"
+    edited = spare / "changed.txt.new"
+    edited.write_text("edited in the spare\n")
+    edited.replace(spare / "changed.txt")        # a new inode: the published tree keeps its file
+    second = volume.push_and_publish({"changed.txt": "new\n", "deep/new/dir/added.txt": "added\n",
+                                      "gone.txt": None})
+    new = volume.tree(second)
+    assert (new / "changed.txt").read_text() == "new\n"
+    assert (new / "deep/new/dir/added.txt").read_text() == "added\n"
+    assert not (new / "gone.txt").exists()
+    assert (volume.tree(first) / "changed.txt").read_text() == "old\n"
+    assert volume.publisher.tree_is_sound(second)
+
+
 def test_publishing_a_sound_earlier_tree_only_flips_the_link(volume, remote):
     first = volume.publish(remote.remote_head())
     inode = (volume.tree(first) / "README.md").stat().st_ino
