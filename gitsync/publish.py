@@ -243,6 +243,7 @@ class Publisher:
         """Let git rewrite only what changed in a hard-linked copy of the published tree."""
         spare = self.layout.worktrees / SPARE
         base, self._spare_of = self._spare_of, None
+        assert base is not None  # _build uses the spare only when it holds the published commit
         if self.sparse_patterns is None:
             # Touch and check only what changed: cost grows with the change, not the tree.
             written = self.repo.switch(spare, base, sha, deadline)
