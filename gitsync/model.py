@@ -9,7 +9,7 @@ sync timeout ran out. The API and the hooks read `SyncResult` and `Status`.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -26,7 +26,7 @@ class SyncError(Exception):
 
 
 def utc_now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def rfc3339(when: datetime | None) -> str | None:
@@ -76,9 +76,10 @@ class Status:
     sync_count: int
     history: tuple[SyncResult, ...]
     version: str
+    app_signal: dict | None = None   # --app-signal: what the last publish's signal did (gitsync.appsignal)
 
     def to_dict(self) -> dict:
-        return {
+        data = {
             "repo": self.repo, "ref": self.ref, "tracked_ref": self.tracked_ref,
             "commit": self.commit,
             "commit_info": asdict(self.commit_info) if self.commit_info else None,
@@ -89,3 +90,6 @@ class Status:
             "sync_count": self.sync_count,
             "history": [entry.to_dict() for entry in self.history], "version": self.version,
         }
+        if self.app_signal is not None:
+            data["app_signal"] = self.app_signal
+        return data
