@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from . import compat
 from . import config as config_module
+from .appsignal import AppSignaller, WithAppSignal
 from .auth import Credentials
 from .config import STATE_DIR, Config
 from .engine import Engine
@@ -42,7 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     wake = threading.Event()
     install_signal_handlers(config, engine, wake)
     try:
-        api = start_api(config, engine)
+        api = start_api(config, api_view(engine, hooks))
     except OSError as err:
         host, port = config.http_bind or ("", 0)
         print(f"gitsync: error: --http-bind: cannot listen on {host}:{port}: {err.strerror}",
@@ -104,9 +105,19 @@ def attach_hooks(config: Config, engine: Engine) -> list:
         webhook = WebHook(config.webhook_url, config.webhook_method,
                           config.webhook_success_status, config.webhook_timeout)
         hooks.append(HookRunner(webhook, config.webhook_backoff, one_time=config.one_time))
+    if config.app_signal is not None:
+        hooks.append(AppSignaller(config.app_signal, config.app_process))
     for hook in hooks:
         engine.add_listener(hook)
     return hooks
+
+
+def api_view(engine: Engine, hooks: list):
+    """The engine for the API; with --app-signal its status also says what the signal did."""
+    for hook in hooks:
+        if isinstance(hook, AppSignaller):
+            return WithAppSignal(engine, hook)
+    return engine
 
 
 def install_signal_handlers(config: Config, engine: Engine, wake: threading.Event) -> None:

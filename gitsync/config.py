@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from . import __version__
+from .appsignal import matches_own_command_line
 from .compat import Credential, GitHubApp, github_app, parse_git_config
 from .flags import OPTIONS, TABLE
 from .options import ConfigError, parse_host_port, parse_list
@@ -176,6 +177,10 @@ def _check_rollouts_and_fleet(v: dict[str, Any], environ: Mapping[str, str]) -> 
             re.compile(v["app_process"])
         except re.error as err:
             raise ConfigError(f"--app-process: not a regular expression: {err}") from None
+        if matches_own_command_line(v["app_process"]):
+            raise ConfigError(f"--app-process: {v['app_process']!r} matches gitsync's own command line, "
+                              "and gitsync never signals itself: anchor it (e.g. '^node ') or set it "
+                              "in GITSYNC_APP_PROCESS")
     if v["peers"] and not (v["peer_secret_file"] or environ.get("GITSYNC_PEER_SECRET", "").strip()):
         raise ConfigError("--peers needs --peer-secret-file or GITSYNC_PEER_SECRET: peer calls are signed")
 

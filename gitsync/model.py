@@ -105,9 +105,10 @@ class Status:
     deploy: dict = field(default_factory=dict)   # live_commit, rollout, bad_commits, paused, held
     publish_count: int = 0                 # syncs and rollbacks that moved the link
     next_poll_at: datetime | None = None   # when the loop wakes to poll, unless triggered sooner
+    app_signal: dict | None = None   # --app-signal: what the last publish's signal did (gitsync.appsignal)
 
     def to_dict(self) -> dict:
-        return {
+        data = {
             "repo": self.repo, "ref": self.ref, "tracked_ref": self.tracked_ref,
             "commit": self.commit,
             "commit_info": asdict(self.commit_info) if self.commit_info else None,
@@ -120,3 +121,6 @@ class Status:
             "history": [entry.to_dict() for entry in self.history], "version": self.version,
             **self.deploy,
         }
+        if self.app_signal is not None:
+            data["app_signal"] = self.app_signal
+        return data

@@ -69,7 +69,7 @@ class PodRun:
     # --- the kubelet's order -------------------------------------------------
 
     def start(self) -> None:
-        self.pod = self.resources.pod()
+        self.pod = self.resources.pod(share_pid=bool(self.spec.get("shareProcessNamespace")))
         self.make_volumes()
         for container in self.spec.get("initContainers", []):
             if container.get("restartPolicy") == "Always":
@@ -78,7 +78,7 @@ class PodRun:
             else:
                 self.run(container, detach=False)
         for container in self.spec["containers"]:
-            self.run(container)
+            self.run(container, restart=self.spec.get("restartPolicy", "Always"))
         for container in self.spec["containers"]:
             self.wait_probe(container, "readinessProbe")
 
@@ -109,8 +109,12 @@ class PodRun:
                 os.chown(target, 0, fs_group)
         return folder
 
-    def run(self, container: dict, *, detach: bool = True) -> None:
-        result = self.resources.run(container["name"], self.run_args(container), detach=detach, timeout=START_DEADLINE)
+    def run(self, container: dict, *, detach: bool = True, restart: str | None = None) -> None:
+        """restart: the pod's restartPolicy, which podman applies as the kubelet would
+        (Always: an app that exits, even with 0, is started again)."""
+        policies = {"Always": ["--restart", "always"], "OnFailure": ["--restart", "on-failure"]}
+        args = policies.get(restart or "Never", []) + self.run_args(container)
+        result = self.resources.run(container["name"], args, detach=detach, timeout=START_DEADLINE)
         if not detach:
             assert result.returncode == 0, f"init container {container['name']}: {result.stderr}"
 
@@ -123,6 +127,8 @@ class PodRun:
         for mount in container.get("volumeMounts", []):
             read_only = mount.get("readOnly") or mount["name"] in self.secret_volumes()
             args += ["--volume", f"{self.volume_sources[mount['name']]}:{mount['mountPath']}" + (":ro" if read_only else "")]
+        if container.get("workingDir"):
+            args += ["--workdir", container["workingDir"]]
         if container.get("command"):
             args += ["--entrypoint", json.dumps(container["command"])]
         args.append(self.image(container))
@@ -220,6 +226,11 @@ class PodRun:
 
     def exited(self, name: str) -> bool:
         return self.state(name) in {"exited", "stopped", "dead"}
+
+    def restart_count(self, name: str) -> int:
+        """How often podman's restart policy started the container again."""
+        found = podman("inspect", "--format", "{{.RestartCount}}", self.resources.name(name))
+        return int(found.stdout.strip())
 
     def exec(self, name: str, *command: str) -> str:
         return podman("exec", self.resources.name(name), *command).stdout

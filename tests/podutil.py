@@ -178,10 +178,12 @@ class Resources:
     def name(self, part: str) -> str:
         return f"{self.prefix}-{part}"
 
-    def pod(self, part: str = "pod") -> str:
+    def pod(self, part: str = "pod", *, share_pid: bool = False) -> str:
         name = self.name(part)
         # Host networking: every address stays 127.0.0.1, as in a pod's shared localhost.
-        podman("pod", "create", "--network", "host", "--name", name)
+        # share_pid: one process namespace for the pod, as shareProcessNamespace: true.
+        share = ["--share", "ipc,net,uts,pid"] if share_pid else []
+        podman("pod", "create", "--network", "host", *share, "--name", name)
         self.pods.append(name)
         return name
 

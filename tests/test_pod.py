@@ -12,6 +12,11 @@ GitHub webhooks, as a forge would.
 * any language (k8s/overlays/any-language): the gitsync image's standalone
   gitsync-reload, copied by an init container into an image with no Python, runs
   `node server.js` with --listen; a push goes live once the new app sent READY=1.
+* sidecar-only (k8s/overlays/sidecar-only): `node server.js` runs unwrapped in a pod
+  with one process namespace; after a push gitsync sends it SIGTERM and podman's
+  restart policy (the kubelet's) starts it again on the new tree; a pattern that
+  matches nothing kills nothing and says so in the status; one that matches gitsync
+  itself is refused.
 
 Skipped, with the install command, where podman or root is missing; in CI
 (CI=true) a missing piece fails instead. Base images and build layers are kept
@@ -87,7 +92,8 @@ def git_server(tmp_path):
         yield server
 
 
-def start_pod(variant: str, *, images, resources, git_server, remote, tmp_path) -> PodRun:
+def start_pod(variant: str, *, images, resources, git_server, remote, tmp_path,
+              env: dict[str, str] | None = None) -> PodRun:
     pod = PodRun(
         pod_spec(variant),
         images=images,
@@ -95,7 +101,7 @@ def start_pod(variant: str, *, images, resources, git_server, remote, tmp_path) 
         ports={8080: free_port(), 8000: free_port()},
         secrets={"gitsync-receiver": {"secret": SECRET.decode()}},
         workdir=tmp_path,
-        env={"GITSYNC_REPO": git_server.url_for(remote.path.name)},
+        env={"GITSYNC_REPO": git_server.url_for(remote.path.name), **(env or {})},
     )
     try:
         pod.start()
@@ -240,3 +246,92 @@ def test_any_language_pod_runs_node_under_the_standalone_reload(images, resource
     logs = pod.logs("app")
     # The old node process was stopped on the new one's READY=1, not after --ready-timeout.
     assert " is ready" in logs and "sent no READY=1" not in logs, logs
+
+
+# --- sidecar-only: gitsync signals the unwrapped app ---------------------------------
+
+def app_signal_for(pod: PodRun, sha: str) -> dict:
+    """The sidecar's status once its app_signal.last is about commit sha."""
+    url = pod.url("gitsync", "api", "/api/v1/status")
+    try:
+        return wait_for(lambda: (found := served(url)) and ((found.get("app_signal") or {}).get("last") or {})
+                        .get("commit") == sha and found, timeout=LIVE_DEADLINE, interval=0.05,
+                        message=f"app_signal.last for {sha}")
+    except AssertionError:
+        print(pod.all_logs())
+        raise
+
+
+def node_tree(message: str) -> dict[str, str]:
+    return {"server.js": (NODE_APP / "server.js").read_text(), "message.txt": f"{message}\n"}
+
+
+def test_sidecar_only_pod_restarts_the_unwrapped_app_on_each_push(images, resources, git_server, tmp_path):
+    remote = Remote(git_server.project_root)
+    first = remote.commit_and_push(node_tree("first"), "first")
+    pod = start_pod("sidecar-only", images=images, resources=resources, git_server=git_server, remote=remote,
+                    tmp_path=tmp_path)
+    app_url = pod.probe_url("app", "readinessProbe")
+    before = wait_serving(app_url, first, pod)
+    assert before["message"] == "first", before
+    assert pod.exec("app", "cat", f"/proc/{before['pid']}/cmdline").split("\0")[:2] == ["node", "server.js"]
+    # The first publish came before the app started (the sidecar's startupProbe): nothing to signal, no error.
+    last = app_signal_for(pod, first)["app_signal"]["last"]
+    assert last["pids"] == [] and last["error"] is None, last
+    restarts = pod.restart_count("app")
+
+    second = remote.commit_and_push({"message.txt": "second\n"}, "second")
+    announce_push(pod, remote, second)
+    after = wait_serving(app_url, second, pod)
+    assert after["message"] == "second" and after["pid"] != before["pid"], after
+    answer = app_signal_for(pod, second)["app_signal"]
+    assert answer["signal"] == "SIGTERM" and answer["last"]["error"] is None, answer
+    # gitsync saw node through the shared namespace and signalled it, with every capability dropped.
+    assert answer["last"]["pids"] == [before["pid"]], answer
+    assert pod.restart_count("app") == restarts + 1
+    assert_hardened_sidecar(pod)
+
+
+def assert_hardened_sidecar(pod: PodRun) -> None:
+    """The sidecar's own process, read on the host (in the pod, /proc/1 is podman's infra)."""
+    found = podutil.podman("inspect", "--format", "{{.State.Pid}}", pod.resources.name("gitsync"))
+    pid = found.stdout.strip()
+    status = Path(f"/proc/{pid}/status").read_text()
+    assert "gitsync" in Path(f"/proc/{pid}/cmdline").read_text(), pid
+    assert f"Uid:\t{UID}\t{UID}" in status and "CapEff:\t0000000000000000" in status, status
+
+
+def test_sidecar_only_pod_with_no_matching_process_kills_nothing(images, resources, git_server, tmp_path):
+    remote = Remote(git_server.project_root)
+    first = remote.commit_and_push(node_tree("first"), "first")
+    pod = start_pod("sidecar-only", images=images, resources=resources, git_server=git_server, remote=remote,
+                    tmp_path=tmp_path, env={"GITSYNC_APP_PROCESS": r"^node nothing-runs-this\.js"})
+    app_url = pod.probe_url("app", "readinessProbe")
+    before = wait_serving(app_url, first, pod)
+    restarts = pod.restart_count("app")
+
+    second = remote.commit_and_push({"message.txt": "second\n"}, "second")
+    announce_push(pod, remote, second)
+    status = app_signal_for(pod, second)
+    last = status["app_signal"]["last"]
+    assert status["commit"] == second and last["pids"] == [], last
+    assert "no process matches --app-process" in last["error"], last
+    assert "no process matches" in pod.logs("gitsync")
+    # Nothing was killed: the same node process serves the first tree.
+    now = served(app_url)
+    assert now and now["pid"] == before["pid"] and now["commit"] == first, now
+    assert pod.restart_count("app") == restarts
+
+
+def test_sidecar_only_refuses_a_pattern_that_matches_gitsync(images, resources):
+    name = resources.name("refused")
+    resources.containers.append(name)
+    result = podutil.podman(
+        "run", "--name", name, "--user", f"{UID}:{UID}", "--read-only", "--cap-drop", "ALL",
+        "--env", "GITSYNC_REPO=https://git.example.com/team/demo-app.git", "--env", "GITSYNC_ROOT=/tmp/git",
+        "--env", "GITSYNC_APP_SIGNAL=KILL", "--env", "GITSYNC_APP_PROCESS=gitsync", images["gitsync"],
+        check=False)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("gitsync: error: --app-process: 'gitsync' matches gitsync's own "
+                                    "command line"), result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr

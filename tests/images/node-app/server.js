@@ -2,6 +2,9 @@
 //
 //   /gitsync/bin/gitsync-reload --link /git/app --listen 0.0.0.0:8000 -- node server.js
 //
+// or unwrapped, as `node server.js` in /git/app (k8s/overlays/sidecar-only): gitsync
+// sends it SIGTERM after each publish, and the container is started again on the new tree.
+//
 // It serves on the socket gitsync-reload hands it as fd 3 (systemd's socket activation:
 // LISTEN_FDS=1, LISTEN_PID) and sends READY=1 to NOTIFY_SOCKET once it serves, so the
 // previous commit's app is stopped only when this one takes requests. GET / answers the
@@ -9,10 +12,14 @@
 "use strict";
 const http = require("node:http");
 const fs = require("node:fs");
+const path = require("node:path");
 const { execFile } = require("node:child_process");
 
 const LISTEN_FDS_START = 3;
-const commit = process.env.GITSYNC_HASH || null;
+// Run without gitsync-reload (sidecar-only: no GITSYNC_HASH), the working directory is
+// the published tree itself, <root>/.worktrees/<sha>, resolved when the process started.
+const tree = path.basename(process.cwd());
+const commit = process.env.GITSYNC_HASH || (/^[0-9a-f]{40}([0-9a-f]{24})?$/.test(tree) ? tree : null);
 const message = fs.readFileSync("message.txt", "utf8").trim();
 
 const server = http.createServer((request, response) => {
