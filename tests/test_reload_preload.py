@@ -32,6 +32,7 @@ from test_reload import (  # noqa: F401  (trees, start_reload, child_script, lis
     event_of,
     fetch,
     get_json,
+    served,
     listen_app,
     refused_line,
     start_listening,
@@ -565,10 +566,10 @@ def test_demo_app_serves_each_published_tree_warm(trees, start):
         "--preload", "flask,waitress", command=[sys.executable, str(REPO / "demo-app" / "app.py")], env={"PORT": "1"},
     )
     url = f"http://127.0.0.1:{port}/version"
-    assert wait_for(lambda: get_json(url), "the demo app", 30, reloader) == {"commit": first, "message": "Hello, first"}
+    assert wait_for(lambda: served(url), "the demo app", 30, reloader) == {"commit": first, "message": "Hello, first"}
     spare = wait_spares(reloader, 2, timeout=30)[1]
     trees.flip(second)
-    wait_for(lambda: get_json(url) == {"commit": second, "message": "Hello, second"}, "the second commit", 30, reloader)
+    wait_for(lambda: served(url) == {"commit": second, "message": "Hello, second"}, "the second commit", 30, reloader)
     reloader.wait_log(f"pid {spare} is ready; stopping pid", timeout=20)  # it said READY=1 from the socket it got
     assert is_warm(reloader, spare) and f"(GITSYNC_HASH={second}, warm)" in start_line(reloader, spare)
     assert "imported flask,waitress in" in reloader.log()
