@@ -61,13 +61,14 @@ class DemoRemote:
     """A bare repository holding the demo app as the project has it, and a clone that
     changes message.txt and pushes."""
 
-    def __init__(self, ctx: Context):
+    def __init__(self, ctx: Context, name: str = "demo-remote", files: dict[str, str] | None = None):
         self.ctx = ctx
-        base = ctx.tempdir("demo-remote")
+        base = ctx.tempdir(name)
         self.path, self.work = base / "demo.git", base / "work"
         ctx.git("init", "--quiet", f"--initial-branch={common.BRANCH}", str(self.work))
         copy_app(self.work)
-        (self.work / "message.txt").write_text("benchmark start\n")
+        for path, text in {"message.txt": "benchmark start\n", **(files or {})}.items():
+            (self.work / path).write_text(text)
         ctx.git("add", "--all", cwd=self.work)
         ctx.git("commit", "--quiet", "-m", "demo app", cwd=self.work)
         ctx.git("clone", "--quiet", "--bare", str(self.work), str(self.path))
@@ -78,10 +79,12 @@ class DemoRemote:
     def url(self) -> str:
         return f"file://{self.path}"
 
-    def commit_and_push(self) -> tuple[str, float]:
-        """(new sha, monotonic time `git push` returned)."""
+    def commit_and_push(self, files: dict[str, str] | None = None) -> tuple[str, float]:
+        """(new sha, monotonic time `git push` returned); `files` changes more than message.txt."""
         self.counter += 1
         (self.work / "message.txt").write_text(f"benchmark push {self.counter} {uuid.uuid4().hex}\n")
+        for path, text in (files or {}).items():
+            (self.work / path).write_text(text)
         self.ctx.git("commit", "--quiet", "-am", f"push {self.counter}", cwd=self.work)
         sha = self.ctx.git("rev-parse", "HEAD", cwd=self.work)
         self.ctx.git("push", "--quiet", "origin", f"HEAD:refs/heads/{common.BRANCH}", cwd=self.work)

@@ -13,12 +13,11 @@ import http.client
 import re
 import shlex
 import time
-import uuid
 import zipfile
 from pathlib import Path
 
 import common
-from bench_live import APP_DIR, RELOAD_ARGS, SECRET, copy_app, wait_for_body
+from bench_live import APP_DIR, RELOAD_ARGS, SECRET, DemoRemote, wait_for_body
 from common import BIN, Context, Gitsync
 
 LIVE_TIMEOUT = 60
@@ -40,37 +39,17 @@ def run(ctx: Context, opts) -> tuple[dict, list[str]]:
             "prepare": prepare_line(wheels), **data}, report(data)
 
 
-class Remote:
-    """A bare repository holding the demo app; a clone that changes files and pushes."""
+class Remote(DemoRemote):
+    """The demo app's remote (bench_live) with a requirements file: the prepare's key."""
 
     def __init__(self, ctx: Context):
-        self.ctx = ctx
-        base = ctx.tempdir("prepare-remote")
-        self.path, self.work = base / "demo.git", base / "work"
-        ctx.git("init", "--quiet", f"--initial-branch={common.BRANCH}", str(self.work))
-        copy_app(self.work)
-        (self.work / "message.txt").write_text("benchmark start\n")
-        (self.work / KEY_FILE).write_text(f"{WHEEL[0]}=={WHEEL[1]}\n")
-        ctx.git("add", "--all", cwd=self.work)
-        ctx.git("commit", "--quiet", "-m", "demo app", cwd=self.work)
-        ctx.git("clone", "--quiet", "--bare", str(self.work), str(self.path))
-        ctx.git("remote", "add", "origin", str(self.path), cwd=self.work)
-        self.counter = 0
+        super().__init__(ctx, "prepare-remote", {KEY_FILE: f"{WHEEL[0]}=={WHEEL[1]}\n"})
 
-    @property
-    def url(self) -> str:
-        return f"file://{self.path}"
-
-    def commit_and_push(self, change_key: bool) -> tuple[str, float]:
-        """(new sha, monotonic time `git push` returned)."""
-        self.counter += 1
-        (self.work / "message.txt").write_text(f"benchmark push {self.counter} {uuid.uuid4().hex}\n")
-        if change_key:  # the same requirement, new content: a new key, so pip runs
-            (self.work / KEY_FILE).write_text(f"{WHEEL[0]}=={WHEEL[1]}\n# push {self.counter}\n")
-        self.ctx.git("commit", "--quiet", "-am", f"push {self.counter}", cwd=self.work)
-        sha = self.ctx.git("rev-parse", "HEAD", cwd=self.work)
-        self.ctx.git("push", "--quiet", "origin", f"HEAD:refs/heads/{common.BRANCH}", cwd=self.work)
-        return sha, time.monotonic()
+    def commit_and_push(self, change_key: bool = False) -> tuple[str, float]:  # type: ignore[override]
+        """(new sha, monotonic time `git push` returned); with change_key the same requirement
+        gets new content: a new key, so pip runs."""
+        key = {KEY_FILE: f"{WHEEL[0]}=={WHEEL[1]}\n# push {self.counter + 1}\n"} if change_key else None
+        return super().commit_and_push(key)
 
 
 def build_wheel(directory: Path, name: str, version: str) -> Path:

@@ -111,3 +111,14 @@ def engine_factory(tmp_path):
             thread.join(10)
         for hook in hooks:
             getattr(hook, "close", lambda: None)()
+
+
+@pytest.fixture
+def app_server():
+    """tests/appserver.py's FakeApp: an HTTP server answering as gitsync-reload's status API
+    (or an app's health URL) with whatever the test sets; stopped at the end."""
+    from appserver import FakeApp
+
+    server = FakeApp()
+    yield server
+    server.stop()

@@ -10,19 +10,12 @@ import re
 
 import pytest
 from support.api import API_TOKEN, FORGE_BY_NAME, Api
-from appserver import FakeApp, reload_status
+from appserver import reload_status
 from support.waiting import wait_for
 
 AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
 REASON = "exited 1: SyntaxError: invalid syntax"
 CONTROL_PATHS = ("/api/v1/retry", "/api/v1/pause", "/api/v1/resume")
-
-
-@pytest.fixture
-def app_server():
-    server = FakeApp()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

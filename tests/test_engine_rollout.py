@@ -11,7 +11,7 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-from appserver import FakeApp, reload_status
+from appserver import reload_status
 from support.repos import git, published_sha
 from support.waiting import wait_for
 
@@ -20,10 +20,8 @@ SYNTAX_ERROR = "exited 1: SyntaxError: '(' was never closed"
 
 
 @pytest.fixture
-def app():
-    server = FakeApp()
-    yield server
-    server.stop()
+def app(app_server):
+    return app_server
 
 
 @pytest.fixture

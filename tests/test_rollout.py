@@ -43,10 +43,8 @@ class Clock:
 
 
 @pytest.fixture
-def app():
-    server = FakeApp()
-    yield server
-    server.stop()
+def app(app_server):
+    return app_server
 
 
 @pytest.fixture
